@@ -1,0 +1,28 @@
+"""Bearer-token auth for operator routes. In Azure the host's function key guards the app
+first; a token, when configured, is checked as well."""
+
+from __future__ import annotations
+
+import hmac
+
+from fastapi import Request
+
+from gigafactory.api.errors import ApiError
+
+
+def bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+
+
+def require_operator(request: Request) -> None:
+    expected: str | None = request.app.state.api_token
+    if expected is None:
+        return
+    given = bearer(request)
+    if given is None:
+        raise ApiError(401, "unauthorized", "missing bearer token (Authorization: Bearer <token>)",
+                       {"WWW-Authenticate": "Bearer"})
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        raise ApiError(401, "unauthorized", "invalid bearer token", {"WWW-Authenticate": "Bearer"})

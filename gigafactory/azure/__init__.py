@@ -1,0 +1,1 @@
+"""Azure adapters: the same ports as ``gigafactory.local``, on Cosmos DB, Blob storage and friends."""

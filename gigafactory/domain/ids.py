@@ -1,0 +1,23 @@
+"""Identifiers, built in one place: job ids, and the broker message id ``{job_id}:{attempt}``."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+
+
+def new_job_id() -> str:
+    return "j-" + uuid.uuid4().hex
+
+
+def job_id_for_key(idempotency_key: str) -> str:
+    """The same idempotency key always names the same job, so a repeat cannot create two."""
+    return "k-" + hashlib.sha256(idempotency_key.encode()).hexdigest()[:32]
+
+
+def dispatch_message_id(job_id: str, attempt: int) -> str:
+    return f"{job_id}:{attempt}"
+
+
+def event_id(job_id: str, attempt: int, status: str, seq: int) -> str:
+    return f"{job_id}:{attempt}:{status}:{seq}"

@@ -1,0 +1,1 @@
+"""Embedded adapters: the same ports as ``gigafactory.azure``, on SQLite and local processes."""

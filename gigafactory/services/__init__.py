@@ -1,0 +1,1 @@
+"""Use cases: the same code behind the Functions app and the embedded runtime, written against the ports."""
