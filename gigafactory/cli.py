@@ -107,6 +107,7 @@ def cmd_local(args: argparse.Namespace) -> int:
         data_dir=args.data_dir, pools=load_pools(args.pools), host=args.host, port=args.port,
         dispatch_mode=os.environ.get("GIGAFACTORY_DISPATCH_MODE", "broker"),
         sweep_seconds=float(os.environ.get("GIGAFACTORY_SWEEP_SECONDS", "60")),
+        kill_grace_seconds=float(os.environ.get("GIGAFACTORY_KILL_GRACE_SECONDS", "10")),
     )
     runtime = Runtime(cfg)
     base = f"http://{args.host}:{args.port}"

@@ -5,8 +5,9 @@ score(t) = priority + age(t) + deadline_urgency(t) - retry_penalty
 * priority: P0 3000, P1 2000, P2 1000, P3 0 points;
 * age: AGE_POINTS_PER_MINUTE per minute since submission;
 * deadline urgency: URGENCY_POINTS_PER_MINUTE per minute closer to the deadline than
-  DEFAULT_HORIZON; a job without a deadline is given one DEFAULT_HORIZON after submission, so
-  its urgency starts at 0 and grows at the same rate as everybody's;
+  DEFAULT_HORIZON; a job without a deadline, or with one further away than DEFAULT_HORIZON, is
+  given one DEFAULT_HORIZON after submission, so its urgency starts at 0 (never below) and grows
+  at the same rate as everybody's;
 * retry penalty: RETRY_PENALTY points per earlier attempt.
 
 Every time-dependent term is linear in t with the same slope for every job, so
@@ -48,7 +49,9 @@ class Score:
 
 
 def effective_deadline(submitted_at: datetime, deadline: datetime | None) -> datetime:
-    return deadline if deadline is not None else submitted_at + DEFAULT_HORIZON
+    horizon = submitted_at + DEFAULT_HORIZON
+    # A far deadline is no less urgent than none: it must never cost a job points.
+    return horizon if deadline is None else min(deadline, horizon)
 
 
 def score(

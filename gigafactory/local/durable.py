@@ -392,9 +392,7 @@ class DurableEngine:
             if row is None or row[0] not in _ACTIVE:
                 return False
             db.execute("DELETE FROM durable_messages WHERE instance_id=?", (instance_id,))
-            self._append_history(
-                db, instance_id, [_event(HistoryEventType.EXECUTION_TERMINATED, now, Input=reason)]
-            )
+            self._append_history(db, instance_id, [_event(HistoryEventType.EXECUTION_TERMINATED, now, Input=reason)])
             db.execute(
                 "UPDATE durable_instances SET runtime_status=?, output=?, last_updated_at=? WHERE instance_id=?",
                 (TERMINATED, json.dumps(reason), now, instance_id),
@@ -491,11 +489,7 @@ class DurableEngine:
                 " FROM durable_instances WHERE instance_id=?",
                 (instance_id,),
             ).fetchone()
-            stale = (
-                inst is None
-                or inst[1] not in _ACTIVE
-                or (msg_execution is not None and msg_execution != inst[2])
-            )
+            stale = inst is None or inst[1] not in _ACTIVE or (msg_execution is not None and msg_execution != inst[2])
             if stale:
                 db.execute("DELETE FROM durable_messages WHERE msg_id=?", (msg_id,))
                 return False
@@ -661,7 +655,7 @@ class DurableEngine:
                     f"Non-deterministic workflow detected: action #{index} was {recorded} when first run"
                     f" and {replayed} on replay"
                 )
-        for action in flat[len(log):]:
+        for action in flat[len(log) :]:
             kind = action.get("actionType")
             event_id: int | None = None
             if kind in (ActionType.CALL_ACTIVITY, ActionType.CALL_ACTIVITY_WITH_RETRY):
@@ -669,9 +663,7 @@ class DurableEngine:
                 decision.next_event_id += 1
                 name = action["functionName"]
                 input_ = action.get("input")
-                decision.events.append(
-                    _event(HistoryEventType.TASK_SCHEDULED, now, event_id, Name=name, Input=input_)
-                )
+                decision.events.append(_event(HistoryEventType.TASK_SCHEDULED, now, event_id, Name=name, Input=input_))
                 retry = None
                 if kind == ActionType.CALL_ACTIVITY_WITH_RETRY:
                     options = action.get("retryOptions") or {}
@@ -738,9 +730,7 @@ class DurableEngine:
                 # results of its activities will be discarded; queued events stay for the new one.
                 new_execution = uuid.uuid4().hex
                 db.execute("DELETE FROM durable_history WHERE instance_id=?", (iid,))
-                db.execute(
-                    "DELETE FROM durable_messages WHERE instance_id=? AND execution_id IS NOT NULL", (iid,)
-                )
+                db.execute("DELETE FROM durable_messages WHERE instance_id=? AND execution_id IS NOT NULL", (iid,))
                 self._enqueue(db, iid, new_execution, _START, now, {})
                 db.execute(
                     "UPDATE durable_instances SET runtime_status=?, input=?, custom_status=?, last_updated_at=?,"

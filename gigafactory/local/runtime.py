@@ -111,6 +111,7 @@ class Runtime:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._cursor_path = cfg.data_dir / "relay.cursor"
+        self._server: Any = None
 
     # -- loops -------------------------------------------------------------------------------
 
@@ -220,12 +221,18 @@ class Runtime:
         return create_app(lambda: self.services, api_token=self.api_token,
                           dispatch_mode=lambda: self.services.dispatch_mode, extra_routers=[attempts_router])
 
+    def request_shutdown(self) -> None:
+        """Ask a serving runtime to stop as SIGTERM would (for embedding and tests)."""
+        if self._server is not None:
+            self._server.should_exit = True
+
     def serve(self, on_ready: Callable[[], None] | None = None) -> None:
         import uvicorn
 
         config = uvicorn.Config(self.app(), host=self.cfg.host, port=self.cfg.port, log_config=None,
                                 access_log=False, lifespan="off")
         server = uvicorn.Server(config)
+        self._server = server
         self.start_background()
         if on_ready is not None:
             original = server.startup

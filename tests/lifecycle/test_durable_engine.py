@@ -7,7 +7,9 @@ the actions the SDK returns.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+import threading
+import time
+from collections.abc import Callable, Generator, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,8 @@ import pytest
 from gigafactory.local.clock import FakeClock
 from gigafactory.local.durable import DurableEngine
 
+pytestmark = pytest.mark.filterwarnings("ignore:Potential duplicate Task completion")
+
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 
 Orchestrator = Callable[[df.DurableOrchestrationContext], Any]
@@ -26,7 +30,7 @@ Orchestrator = Callable[[df.DurableOrchestrationContext], Any]
 # -- sample orchestrators and activities --------------------------------------------------------
 
 
-def chain(context: df.DurableOrchestrationContext) -> Iterator[Any]:
+def chain(context: df.DurableOrchestrationContext) -> Generator[Any, Any, Any]:
     value = context.get_input()
     for _ in range(3):
         value = yield context.call_activity("add_one", value)
@@ -34,7 +38,7 @@ def chain(context: df.DurableOrchestrationContext) -> Iterator[Any]:
     return value
 
 
-def catches_failure(context: df.DurableOrchestrationContext) -> Iterator[Any]:
+def catches_failure(context: df.DurableOrchestrationContext) -> Generator[Any, Any, Any]:
     try:
         yield context.call_activity("explode", {"why": "boom"})
     except Exception as exc:
@@ -43,34 +47,34 @@ def catches_failure(context: df.DurableOrchestrationContext) -> Iterator[Any]:
     return "not reached"
 
 
-def lets_failure_escape(context: df.DurableOrchestrationContext) -> Iterator[Any]:
+def lets_failure_escape(context: df.DurableOrchestrationContext) -> Generator[Any, Any, Any]:
     yield context.call_activity("explode", {"why": "unhandled"})
     return "not reached"
 
 
-def sleeper(context: df.DurableOrchestrationContext) -> Iterator[Any]:
+def sleeper(context: df.DurableOrchestrationContext) -> Generator[Any, Any, Any]:
     yield context.create_timer(context.current_utc_datetime + timedelta(minutes=1))
     return f"woke at {context.current_utc_datetime.isoformat()}"
 
 
-def approval(context: df.DurableOrchestrationContext) -> Iterator[Any]:
+def approval(context: df.DurableOrchestrationContext) -> Generator[Any, Any, Any]:
+    decision = context.wait_for_external_event("approve")  # first: waiting takes no task id
     timeout = context.create_timer(context.current_utc_datetime + timedelta(hours=1))
-    decision = context.wait_for_external_event("approve")
-    winner = yield context.task_any([timeout, decision])
+    winner = yield context.task_any([decision, timeout])
     if winner == decision:
         timeout.cancel()
         return {"approved_by": decision.result}
     return "timed out"
 
 
-def approval_forgetting_to_cancel(context: df.DurableOrchestrationContext) -> Iterator[Any]:
+def approval_forgetting_to_cancel(context: df.DurableOrchestrationContext) -> Generator[Any, Any, Any]:
     timeout = context.create_timer(context.current_utc_datetime + timedelta(hours=1))
     decision = context.wait_for_external_event("approve")
     winner = yield context.task_any([timeout, decision])
     return "approved" if winner == decision else "timed out"
 
 
-def two_rounds_uncancelled(context: df.DurableOrchestrationContext) -> Iterator[Any]:
+def two_rounds_uncancelled(context: df.DurableOrchestrationContext) -> Generator[Any, Any, Any]:
     """Loses a timer race without cancelling, then keeps waiting while that timer fires."""
     first = context.wait_for_external_event("first")
     yield context.task_any([context.create_timer(context.current_utc_datetime + timedelta(minutes=5)), first])
@@ -78,13 +82,13 @@ def two_rounds_uncancelled(context: df.DurableOrchestrationContext) -> Iterator[
     return [first.result, second]
 
 
-def waits_after_work(context: df.DurableOrchestrationContext) -> Iterator[Any]:
+def waits_after_work(context: df.DurableOrchestrationContext) -> Generator[Any, Any, Any]:
     yield context.call_activity("add_one", 0)
     data = yield context.wait_for_external_event("go")
     return data
 
 
-def counter(context: df.DurableOrchestrationContext) -> Iterator[Any]:
+def counter(context: df.DurableOrchestrationContext) -> Generator[Any, Any, Any]:
     state = context.get_input()
     state["seen"].append(context.instance_id)
     bumped = yield context.call_activity("add_one", state["n"])
@@ -94,7 +98,7 @@ def counter(context: df.DurableOrchestrationContext) -> Iterator[Any]:
     return {"n": bumped, "executions": len(state["seen"])}
 
 
-def timer_then_continue(context: df.DurableOrchestrationContext) -> Iterator[Any]:
+def timer_then_continue(context: df.DurableOrchestrationContext) -> Generator[Any, Any, Any]:
     round_ = context.get_input()
     if round_ == 0:
         yield context.create_timer(context.current_utc_datetime + timedelta(minutes=1))
@@ -104,14 +108,25 @@ def timer_then_continue(context: df.DurableOrchestrationContext) -> Iterator[Any
     return data
 
 
-def waits_twice(context: df.DurableOrchestrationContext) -> Iterator[Any]:
+def abandons_work(context: df.DurableOrchestrationContext) -> Generator[Any, Any, Any]:
+    if context.get_input() == 0:
+        yield context.wait_for_external_event("go")
+        # "skip" is already buffered, so this resolves at once and the activity is left running.
+        yield context.task_any([context.call_activity("add_one", 0), context.wait_for_external_event("skip")])
+        context.continue_as_new(1)
+        return None
+    result = yield context.call_activity("add_one", 100)
+    return result
+
+
+def waits_twice(context: df.DurableOrchestrationContext) -> Generator[Any, Any, Any]:
     yield context.call_activity("add_one", 0)
     first = yield context.wait_for_external_event("tick")
     second = yield context.wait_for_external_event("tick")
     return [first, second]
 
 
-def retrying(context: df.DurableOrchestrationContext) -> Iterator[Any]:
+def retrying(context: df.DurableOrchestrationContext) -> Generator[Any, Any, Any]:
     options = df.RetryOptions(first_retry_interval_in_milliseconds=30_000, max_number_of_attempts=3)
     both = yield context.task_all(
         [context.call_activity_with_retry("flaky", options, "job-1"), context.call_activity("add_one", 1)]
@@ -120,7 +135,7 @@ def retrying(context: df.DurableOrchestrationContext) -> Iterator[Any]:
     return [*both, after]
 
 
-def retry_gives_up(context: df.DurableOrchestrationContext) -> Iterator[Any]:
+def retry_gives_up(context: df.DurableOrchestrationContext) -> Generator[Any, Any, Any]:
     options = df.RetryOptions(first_retry_interval_in_milliseconds=1_000, max_number_of_attempts=2)
     try:
         yield context.call_activity_with_retry("explode", options, {"why": "always"})
@@ -132,7 +147,7 @@ def retry_gives_up(context: df.DurableOrchestrationContext) -> Iterator[Any]:
 REPLAY_LOG: list[tuple[str, str, str, bool]] = []
 
 
-def replay_recorder(context: df.DurableOrchestrationContext) -> Iterator[Any]:
+def replay_recorder(context: df.DurableOrchestrationContext) -> Generator[Any, Any, Any]:
     first_uuid = context.new_uuid()
     first_time = context.current_utc_datetime
     REPLAY_LOG.append(("a", first_uuid, first_time.isoformat(), context.is_replaying))
@@ -147,13 +162,13 @@ def replay_recorder(context: df.DurableOrchestrationContext) -> Iterator[Any]:
 NONDETERMINISM = {"calls": 0}
 
 
-def nondeterministic(context: df.DurableOrchestrationContext) -> Iterator[Any]:
+def nondeterministic(context: df.DurableOrchestrationContext) -> Generator[Any, Any, Any]:
     NONDETERMINISM["calls"] += 1
     yield context.call_activity("add_one" if NONDETERMINISM["calls"] == 1 else "explode", 0)
     return "done"
 
 
-def unsupported(context: df.DurableOrchestrationContext) -> Iterator[Any]:
+def unsupported(context: df.DurableOrchestrationContext) -> Generator[Any, Any, Any]:
     yield context.call_sub_orchestrator("chain", 1)
     return "done"
 
@@ -181,6 +196,23 @@ def flaky(job: str) -> str:
     return f"{job} ok after {ACTIVITY_CALLS['flaky']}"
 
 
+ENGINE_REF: list[DurableEngine] = []
+NESTED_RUNS: list[int] = []
+
+
+def notify(target: str) -> str:
+    # Activities call back into the engine (the app's services do): that must not deadlock.
+    engine = ENGINE_REF[0]
+    NESTED_RUNS.append(engine.run_until_idle())
+    assert engine.raise_event(target, "go", "from an activity")
+    return target
+
+
+def notifier(context: df.DurableOrchestrationContext) -> Generator[Any, Any, Any]:
+    sent = yield context.call_activity("notify", context.get_input())
+    return sent
+
+
 CRASH_ONCE = {"armed": True}
 
 
@@ -191,7 +223,7 @@ def crashes_once(value: int) -> int:
     return value * 2
 
 
-def crash_orchestrator(context: df.DurableOrchestrationContext) -> Iterator[Any]:
+def crash_orchestrator(context: df.DurableOrchestrationContext) -> Generator[Any, Any, Any]:
     doubled = yield context.call_activity("crashes_once", context.get_input())
     return doubled
 
@@ -208,18 +240,21 @@ ORCHESTRATORS: Mapping[str, Orchestrator] = {
     "counter": counter,
     "timer_then_continue": timer_then_continue,
     "waits_twice": waits_twice,
+    "abandons_work": abandons_work,
     "retrying": retrying,
     "retry_gives_up": retry_gives_up,
     "replay_recorder": replay_recorder,
     "nondeterministic": nondeterministic,
     "unsupported": unsupported,
     "crash_orchestrator": crash_orchestrator,
+    "notifier": notifier,
 }
 ACTIVITIES: Mapping[str, Callable[[Any], Any]] = {
     "add_one": add_one,
     "explode": explode,
     "flaky": flaky,
     "crashes_once": crashes_once,
+    "notify": notify,
 }
 
 
@@ -229,6 +264,8 @@ def _reset_globals() -> None:
     REPLAY_LOG.clear()
     NONDETERMINISM["calls"] = 0
     CRASH_ONCE["armed"] = True
+    ENGINE_REF.clear()
+    NESTED_RUNS.clear()
 
 
 @pytest.fixture
@@ -296,9 +333,7 @@ def test_uncaught_activity_failure_fails_the_instance(engine: DurableEngine) -> 
     assert engine.raise_event("f2", "anything") is False
 
 
-def test_retry_reschedules_through_timers_and_keeps_task_ids_in_step(
-    engine: DurableEngine, clock: FakeClock
-) -> None:
+def test_retry_reschedules_through_timers_and_keeps_task_ids_in_step(engine: DurableEngine, clock: FakeClock) -> None:
     engine.start_new("retrying", "r1")
     engine.run_until_idle()
     assert status_of(engine, "r1") == "Running"
@@ -354,9 +389,7 @@ def test_durable_timer_fires_only_when_the_clock_reaches_it(engine: DurableEngin
     assert engine.next_timer_due() is None
 
 
-def test_event_beats_timer_in_task_any_and_the_timer_is_cancelled(
-    engine: DurableEngine, clock: FakeClock
-) -> None:
+def test_event_beats_timer_in_task_any_and_the_timer_is_cancelled(engine: DurableEngine, clock: FakeClock) -> None:
     engine.start_new("approval", "a1")
     engine.run_until_idle()
     assert engine.next_timer_due() == T0 + timedelta(hours=1)
@@ -385,9 +418,20 @@ def test_timer_beats_event_when_it_is_due_first(engine: DurableEngine, clock: Fa
     assert (status.runtime_status, status.output) == ("Completed", "timed out")
 
 
-def test_uncancelled_timer_keeps_the_instance_running_until_it_fires(
-    engine: DurableEngine, clock: FakeClock
-) -> None:
+def test_the_earlier_of_event_and_timer_wins_when_both_are_ready(engine: DurableEngine, clock: FakeClock) -> None:
+    engine.start_new("approval", "a4")
+    engine.run_until_idle()
+    clock.advance(timedelta(minutes=30))
+    engine.raise_event("a4", "approve", "carol")  # raised in time, but nothing processes it yet
+    clock.advance(timedelta(hours=2))
+    engine.run_until_idle()
+
+    status = engine.get_status("a4")
+    assert status is not None
+    assert (status.runtime_status, status.output) == ("Completed", {"approved_by": "carol"})
+
+
+def test_uncancelled_timer_keeps_the_instance_running_until_it_fires(engine: DurableEngine, clock: FakeClock) -> None:
     engine.start_new("approval_forgetting_to_cancel", "a3")
     engine.run_until_idle()
     engine.raise_event("a3", "approve")
@@ -500,12 +544,25 @@ def test_event_delivered_to_the_old_execution_but_never_awaited_is_dropped(
     assert status.output == "second"
 
 
+def test_results_from_a_previous_execution_are_discarded(engine: DurableEngine) -> None:
+    engine.start_new("abandons_work", "n4", 0)
+    engine.raise_event("n4", "skip")
+    engine.raise_event("n4", "go")
+    engine.run_until_idle()
+
+    # The old execution's activity still ran (as in Azure) but its result, which arrived after
+    # continue-as-new, must not complete the new execution's task that has the same id.
+
+    assert ACTIVITY_CALLS["add_one"] == 2
+    status = engine.get_status("n4")
+    assert status is not None
+    assert (status.runtime_status, status.output) == ("Completed", 101)
+
+
 # -- instance management -----------------------------------------------------------------------
 
 
-def test_start_new_is_a_no_op_while_running_and_restarts_when_finished(
-    engine: DurableEngine, clock: FakeClock
-) -> None:
+def test_start_new_is_a_no_op_while_running_and_restarts_when_finished(engine: DurableEngine, clock: FakeClock) -> None:
     assert engine.start_new("sleeper", "s2") is True
     assert engine.start_new("sleeper", "s2") is False  # still Pending
     engine.run_until_idle()
@@ -538,6 +595,48 @@ def test_terminate_stops_the_instance_and_drops_its_timers(engine: DurableEngine
     assert engine.terminate("x1", "again") is False
     clock.advance(timedelta(hours=2))
     assert engine.run_until_idle() == 0
+
+
+def test_activities_can_call_back_into_the_engine(engine: DurableEngine) -> None:
+    ENGINE_REF.append(engine)
+    engine.start_new("waits_after_work", "w1")
+    engine.start_new("notifier", "w2", "w1")
+    engine.run_until_idle()
+
+    assert NESTED_RUNS == [0]  # a nested run from inside an activity is refused, not re-entered
+    for instance_id, output in (("w1", "from an activity"), ("w2", "w1")):
+        status = engine.get_status(instance_id)
+        assert status is not None
+        assert (status.runtime_status, status.output) == ("Completed", output)
+
+
+def test_events_raised_from_other_threads_while_a_runner_works(engine: DurableEngine) -> None:
+    ids = [f"t{i}" for i in range(15)]
+    for instance_id in ids:
+        engine.start_new("waits_after_work", instance_id)
+    stop = threading.Event()
+
+    def runner() -> None:
+        while not stop.is_set():
+            engine.run_until_idle()
+            time.sleep(0.001)
+
+    thread = threading.Thread(target=runner)
+    thread.start()
+    try:
+        for instance_id in ids:
+            assert engine.raise_event(instance_id, "go", instance_id)
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    engine.run_until_idle()
+
+    outputs = {}
+    for instance_id in ids:
+        status = engine.get_status(instance_id)
+        assert status is not None
+        outputs[instance_id] = (status.runtime_status, status.output)
+    assert outputs == {i: ("Completed", i) for i in ids}
 
 
 # -- persistence -------------------------------------------------------------------------------
@@ -638,12 +737,12 @@ def test_unsupported_actions_fail_clearly(engine: DurableEngine) -> None:
 def test_blueprint_registered_functions_run_unchanged(tmp_path: Path, clock: FakeClock) -> None:
     bp = df.Blueprint()
 
-    @bp.orchestration_trigger(context_name="context")
-    def bp_orchestrator(context: df.DurableOrchestrationContext) -> Iterator[Any]:
+    @bp.orchestration_trigger(context_name="context")  # type: ignore[untyped-decorator]
+    def bp_orchestrator(context: df.DurableOrchestrationContext) -> Generator[Any, Any, Any]:
         doubled = yield context.call_activity("bp_double", context.get_input())
         return doubled
 
-    @bp.activity_trigger(input_name="value")
+    @bp.activity_trigger(input_name="value")  # type: ignore[untyped-decorator]
     def bp_double(value: int) -> int:
         return value * 2
 

@@ -6,7 +6,6 @@ import pytest
 from fastapi.testclient import TestClient
 
 from gigafactory.domain.job import StaleAttempt
-
 from tests.lifecycle.conftest import Coordinator
 
 FAST = {"timeouts": {"schedule_to_start_seconds": 60, "start_to_close_seconds": 600, "heartbeat_seconds": 30}}
@@ -124,7 +123,7 @@ def test_start_to_close_bounds_a_job_that_keeps_heartbeating(coordinator: Coordi
 
 def test_cancel_while_queued(coordinator: Coordinator) -> None:
     job_id = coordinator.submit(**FAST)
-    coordinator.svc.store  # nothing released yet: no pump
+
     from gigafactory.services import jobs
 
     assert jobs.cancel(coordinator.svc, job_id).status == "cancelled"

@@ -1,0 +1,183 @@
+"""Real local servers for the adapter tests, started from the npm lockfile's ``node_modules/.bin``.
+
+* ``@vercel/cosmosdb-server``: a Cosmos DB-compatible HTTPS server (self-signed certificate);
+* Azurite, Blob service only, in memory.
+
+Each is started once per session on a free loopback port and stopped at the end. Without
+``node_modules`` the tests that need a server are skipped with the command that installs them,
+except under CI (``CI`` set), where a missing server is a failure: CI must never go green by
+skipping the adapters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import socket
+import ssl
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from azure.cosmos import ContainerProxy, CosmosClient, DatabaseProxy, PartitionKey
+
+from gigafactory.azure.cosmos_store import JOBS_INDEXING_POLICY, provision
+
+ROOT = Path(__file__).resolve().parents[2]
+NODE_MODULES = ROOT / "node_modules"
+STARTUP_SECONDS = 30.0
+
+# The emulators' published, well-known development keys (cosmosdb-server accepts any key).
+COSMOS_KEY = "C2y6yDjf5/R+ob0N8A7Cgv30VRDJIWEHLM+4QDU5DE2nQ9nDuVTqobD4b8mGGyPMbIZnqyMsEcaGQy67XIw/Jw=="
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The servers' self-signed certificate is expected; the warning for every request is noise.
+    config.addinivalue_line("filterwarnings", "ignore::urllib3.exceptions.InsecureRequestWarning")
+
+
+@dataclass
+class Server:
+    name: str
+    port: int
+    log: Path
+
+
+def _node_bin(name: str) -> Path:
+    if not NODE_MODULES.is_dir():
+        reason = "node_modules is absent: run `npm ci` to install the local servers (Azurite, cosmosdb-server)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}; CI is set, so a missing server fails instead of skipping")
+        pytest.skip(reason)
+    path = NODE_MODULES / ".bin" / name
+    if not path.exists():
+        pytest.fail(f"{path} is missing although node_modules exists: run `npm ci` again")
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _answers(port: int, *, tls: bool, path: str) -> bool:
+    """Any HTTP response at all means the server is up; refusals and resets mean not yet."""
+    conn: http.client.HTTPConnection
+    if tls:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE  # the server's certificate is self-signed
+        conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=1, context=context)
+    else:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+    try:
+        conn.request("GET", path)
+        conn.getresponse().read()
+        return True
+    except OSError:
+        return False
+    finally:
+        conn.close()
+
+
+@contextlib.contextmanager
+def _serve(name: str, argv: Callable[[int], list[str]], probe: Callable[[int], bool], workdir: Path) -> Iterator[Server]:
+    log = workdir / f"{name}.log"
+    for _ in range(3):  # a free port can be taken between choosing it and binding it
+        port = _free_port()
+        with log.open("ab") as out:
+            proc = subprocess.Popen(argv(port), cwd=workdir, stdin=subprocess.DEVNULL, stdout=out,
+                                    stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + STARTUP_SECONDS
+            while proc.poll() is None and time.monotonic() < deadline:
+                if probe(port):
+                    yield Server(name, port, log)
+                    return
+                time.sleep(0.05)
+            if proc.poll() is None:
+                pytest.fail(f"{name} did not answer on 127.0.0.1:{port} within {STARTUP_SECONDS:.0f} s; log: {log}")
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+    tail = log.read_text(errors="replace")[-2000:]
+    pytest.fail(f"{name} exited before answering (3 tries); log {log}:\n{tail}")
+
+
+# -- Cosmos DB --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def cosmos_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    binary = _node_bin("cosmosdb-server")
+    workdir = tmp_path_factory.mktemp("cosmosdb-server")
+    with _serve("cosmosdb-server", lambda port: [str(binary), "--host", "127.0.0.1", "--port", str(port)],
+                lambda port: _answers(port, tls=True, path="/"), workdir) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def cosmos_connection_string(cosmos_server: Server) -> str:
+    return f"AccountEndpoint=https://127.0.0.1:{cosmos_server.port}/;AccountKey={COSMOS_KEY};"
+
+
+@pytest.fixture(scope="session")
+def cosmos_client(cosmos_connection_string: str) -> CosmosClient:
+    return CosmosClient.from_connection_string(cosmos_connection_string, connection_verify=False)
+
+
+@pytest.fixture(scope="module")
+def cosmos_database(cosmos_client: CosmosClient, request: pytest.FixtureRequest) -> Iterator[DatabaseProxy]:
+    """A fresh database per test module, with ``jobs`` and ``pools`` provisioned as infra does."""
+    name = f"test-{request.module.__name__.rsplit('.', 1)[-1]}-{uuid.uuid4().hex[:8]}"
+    database = provision(cosmos_client, name)
+    yield database
+    cosmos_client.delete_database(name)
+
+
+@pytest.fixture
+def cosmos_containers(cosmos_database: DatabaseProxy) -> Iterator[tuple[ContainerProxy, ContainerProxy]]:
+    """Fresh ``jobs`` / ``pools`` containers for one test, for tests that read whole containers."""
+    suffix = uuid.uuid4().hex[:8]
+    jobs = cosmos_database.create_container(f"jobs-{suffix}", partition_key=PartitionKey(path="/pool"),
+                                            indexing_policy=JOBS_INDEXING_POLICY)
+    pools = cosmos_database.create_container(f"pools-{suffix}", partition_key=PartitionKey(path="/id"))
+    yield jobs, pools
+    for container in (jobs, pools):
+        cosmos_database.delete_container(container)
+
+
+# -- Azurite (Blob) ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def azurite_blob(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    binary = _node_bin("azurite-blob")
+    workdir = tmp_path_factory.mktemp("azurite")
+
+    def argv(port: int) -> list[str]:
+        return [str(binary), "--silent", "--inMemoryPersistence", "--disableTelemetry", "--skipApiVersionCheck",
+                "--blobHost", "127.0.0.1", "--blobPort", str(port), "--location", str(workdir)]
+
+    with _serve("azurite-blob", argv, lambda port: _answers(port, tls=False, path=f"/{AZURITE_ACCOUNT}?comp=list"),
+                workdir) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def azurite_blob_connection_string(azurite_blob: Server) -> str:
+    return (f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+            f"BlobEndpoint=http://127.0.0.1:{azurite_blob.port}/{AZURITE_ACCOUNT};")
