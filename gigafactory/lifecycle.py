@@ -1,9 +1,11 @@
 """The ``job_lifecycle`` Durable orchestration and its activities.
 
-One instance per job (instance id = job id), one generation per attempt (``continue_as_new``).
-The orchestrator only decides; activities read and write. It waits for ``job_changed`` (raised
-by the relay) or the attempt's current deadline, whichever is first, and cancels the timer it
-stops waiting for. Orchestrator code is replayed: no I/O, no clock but the context's.
+One instance per job (instance id = job id). Each generation reads the job, acts if it must
+(cancel, retry or fail), then waits for ``job_changed`` (raised by the relay) or the attempt's
+current deadline, whichever is first, cancels the timer it stops waiting for, and continues
+as new — so every attempt, and every re-armed heartbeat timer, starts from a short history.
+The orchestrator only decides; activities read and write. Orchestrator code is replayed: no
+I/O, no clock but the context's.
 """
 
 from __future__ import annotations
@@ -19,8 +21,6 @@ from gigafactory.services.context import Services
 
 ORCHESTRATOR = "job_lifecycle"
 EVENT = "job_changed"
-# Re-arming a long job's heartbeat timer grows the history; start a fresh generation now and then.
-MAX_ROUNDS = 30
 
 _provider: Callable[[], Services] | None = None
 
@@ -39,7 +39,6 @@ def _svc() -> Services:
 def job_lifecycle(context: df.DurableOrchestrationContext) -> Generator[Any, Any, str]:
     state: dict[str, Any] = context.get_input() or {}
     job_id, attempt, pool = state["job_id"], int(state["attempt"]), state.get("pool")
-    rounds = 0
     while True:
         snap = yield context.call_activity("lifecycle_read", {"job_id": job_id, "pool": pool})
         step = plan(snap, attempt, context.current_utc_datetime)
@@ -50,27 +49,26 @@ def job_lifecycle(context: df.DurableOrchestrationContext) -> Generator[Any, Any
             return "next_attempt"
         if step.kind == "cancel":
             yield context.call_activity("lifecycle_cancel", {"job_id": job_id, "attempt": attempt})
-            continue
-        if step.kind == "retry":
+        elif step.kind == "retry":
             yield context.call_activity("lifecycle_retry", {"job_id": job_id, "attempt": attempt})
-            continue
-        rounds += 1
-        if rounds > MAX_ROUNDS:
-            context.continue_as_new({"job_id": job_id, "pool": pool, "attempt": attempt})
-            return "rearmed"
-        changed = context.wait_for_external_event(EVENT)
-        if step.until is None:
-            yield changed
-            continue
+        else:
+            break
+    changed = context.wait_for_external_event(EVENT)
+    if step.until is None:
+        yield changed
+    else:
         timer = context.create_timer(step.until)
         winner = yield context.task_any([changed, timer])
         if winner is not timer:
             timer.cancel()
-            continue
-        if step.kind == "release":
+        elif step.kind == "release":
             yield context.call_activity("lifecycle_release", {"pool": pool})
         else:
             yield context.call_activity("lifecycle_expire", {"job_id": job_id, "attempt": attempt})
+    # A fresh generation per wake-up: history stays short however long the job runs, and an
+    # event the SDK keeps buffered is never mistaken for a new one.
+    context.continue_as_new({"job_id": job_id, "pool": pool, "attempt": attempt})
+    return "rearmed"
 
 
 def lifecycle_read(payload: dict[str, Any]) -> dict[str, Any]:

@@ -61,6 +61,7 @@ POOLS_CONTAINER = "pools"
 DEFAULT_DATABASE = "gigafactory"
 
 ENDPOINT_SETTING = "COSMOS__accountEndpoint"
+CLIENT_ID_SETTING = "COSMOS__clientId"
 CONNECTION_SETTING = "COSMOS_CONNECTION"
 DATABASE_SETTING = "COSMOS_DATABASE"
 
@@ -103,7 +104,8 @@ class CosmosJobStore:
 
         ``COSMOS_CONNECTION`` is for local emulators only: with it the database and containers are
         created when missing, since nothing else provisions an emulator (in Azure, infrastructure
-        does, and Entra-authenticated clients may not create containers anyway).
+        does, and Entra-authenticated clients may not create containers anyway). When both are set
+        the connection string wins: only a developer pointing at an emulator ever sets it.
         """
         env = os.environ if settings is None else settings
         database_name = env.get(DATABASE_SETTING) or DEFAULT_DATABASE
@@ -121,7 +123,9 @@ class CosmosJobStore:
             if credential is None:
                 from azure.identity import DefaultAzureCredential
 
-                credential = DefaultAzureCredential()
+                # A user-assigned identity is named the way Functions' identity-based connections
+                # name it, so one setting serves the trigger binding and this client alike.
+                credential = DefaultAzureCredential(managed_identity_client_id=env.get(CLIENT_ID_SETTING) or None)
             client = CosmosClient(endpoint, credential=credential)
             database = client.get_database_client(database_name)
         return cls(database.get_container_client(JOBS_CONTAINER), database.get_container_client(POOLS_CONTAINER))
@@ -129,6 +133,8 @@ class CosmosJobStore:
     # -- jobs --------------------------------------------------------------------------------
 
     def create(self, job: Job) -> tuple[Job, bool]:
+        # Look first, across pools: inserting first would put a duplicate on the change feed
+        # before it could be noticed, and the relay would act on it.
         existing = self._find(job.id)
         if existing is not None:
             return existing, False

@@ -113,6 +113,7 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     // Cosmos DB (store, change-feed trigger on jobs with leases in `leases`).
     COSMOS__accountEndpoint: cosmosEndpoint
     COSMOS__credential: 'managedidentity'
+    COSMOS__clientId: identityClientId
     COSMOS_DATABASE: databaseName
     // Service Bus (dispatch topic, launcher subscription trigger, job-requests queue trigger).
     SERVICEBUS__fullyQualifiedNamespace: serviceBusFullyQualifiedNamespace

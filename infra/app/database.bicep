@@ -68,9 +68,17 @@ resource jobs 'Microsoft.DocumentDB/databaseAccounts/sqlDatabases/containers@202
             path: '/*'
           }
         ]
+        // The manifest (the agent's task) and the history are never filtered on; indexing them
+        // would only make every write dearer. Same policy as JOBS_INDEXING_POLICY in the code.
         excludedPaths: [
           {
             path: '/"_etag"/?'
+          }
+          {
+            path: '/manifest/*'
+          }
+          {
+            path: '/history/*'
           }
         ]
         compositeIndexes: [

@@ -189,17 +189,6 @@ def get_ci(mapping: dict[str, Any], key: str) -> Any:
     return matches[0]
 
 
-def walk(node: Any) -> Iterator[Any]:
-    yield node
-    if isinstance(node, dict):
-        for key, value in node.items():
-            yield key
-            yield from walk(value)
-    elif isinstance(node, list):
-        for item in node:
-            yield from walk(item)
-
-
 def keys_in(node: Any) -> set[str]:
     found: set[str] = set()
     if isinstance(node, dict):
@@ -864,6 +853,32 @@ def test_cosmos_containers_partition_keys_and_indexes() -> None:
         [("/product", "ascending"), ("/submitted_at", "descending")],
         [("/pool", "ascending"), ("/submitted_at", "descending")],
     ]
+
+
+def test_jobs_indexing_policy_is_the_one_the_store_expects() -> None:
+    # Imported here: the store module needs the Azure SDK, the other infra tests do not.
+    from gigafactory.azure.cosmos_store import JOBS_CONTAINER, JOBS_INDEXING_POLICY, POOLS_CONTAINER
+
+    containers = {
+        r.body["name"]: r.properties["resource"]
+        for r in declared("Microsoft.DocumentDB/databaseAccounts/sqlDatabases/containers")
+    }
+    assert {JOBS_CONTAINER, POOLS_CONTAINER} <= set(containers)
+    assert containers[JOBS_CONTAINER]["indexingPolicy"] == JOBS_INDEXING_POLICY
+
+
+def test_settings_named_by_the_azure_adapters_are_set() -> None:
+    from gigafactory.azure import blob_claims, cosmos_store
+
+    names = {
+        cosmos_store.ENDPOINT_SETTING,
+        cosmos_store.DATABASE_SETTING,
+        blob_claims.ACCOUNT_URL_SETTING,
+        blob_claims.CONTAINER_SETTING,
+    }
+    settings = app_settings()
+    assert names <= set(settings)
+    assert not {cosmos_store.CONNECTION_SETTING, blob_claims.CONNECTION_SETTING} & set(settings), "emulators only"
 
 
 def test_cosmos_data_contributor_is_granted_to_the_function_identity() -> None:
