@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
@@ -16,7 +17,52 @@ EVENTS_TOPIC = "job-events"
 REQUESTS_QUEUE = "job-requests"
 LAUNCHER_SUBSCRIPTION = "launcher"
 MAX_MESSAGE_BYTES = 256 * 1024
+"""Service Bus Standard tier's limit for one message, headers and properties included."""
 EVENT_SOURCE = "/gigafactory/jobs"
+
+
+class MessageTooLarge(ValueError):
+    """Raised before anything is sent, as Service Bus refuses the send outright: the fix is
+    a claim check (put the content in blob storage, send its name), never a retry."""
+
+    def __init__(self, message_id: str, size: int, limit: int = MAX_MESSAGE_BYTES) -> None:
+        super().__init__(
+            f"message {message_id!r} is {size} bytes serialized, over the {limit}-byte "
+            f"({limit // 1024} KB) Service Bus Standard limit; send ids only and keep large "
+            "content in blob storage (claim check)"
+        )
+        self.message_id = message_id
+        self.size = size
+        self.limit = limit
+
+
+def serialized_size(message: BusMessage) -> int:
+    """The bytes the message occupies on the wire, as checked against ``MAX_MESSAGE_BYTES``.
+
+    Body, id, content type and application properties all count (as they do on Service Bus),
+    so a message that passes here passes there, give or take broker-added headers.
+    """
+    return len(
+        json.dumps(
+            {
+                "message_id": message.message_id,
+                "content_type": message.content_type,
+                "application_properties": dict(message.application_properties),
+                "body": message.body,
+            },
+            separators=(",", ":"),
+            ensure_ascii=False,
+        ).encode("utf-8")
+    )
+
+
+def check_size(message: BusMessage, limit: int = MAX_MESSAGE_BYTES) -> int:
+    """One guard for every broker, so the embedded bus refuses exactly what Service Bus would
+    and an oversized message fails at the sender, where the claim-check fix belongs."""
+    size = serialized_size(message)
+    if size > limit:
+        raise MessageTooLarge(message.message_id, size, limit)
+    return size
 
 
 def pool_subscription(pool: str) -> str:
@@ -52,11 +98,12 @@ def job_event(job: Job, entry: HistoryEntry) -> BusMessage:
     }
     if entry.status.value in ("succeeded", "attempt_failed", "failed") and job.result is not None:
         data["result"] = job.result.model_dump(mode="json")
+    event_type = f"gigafactory.job.{entry.status.value}"
     envelope = {
         "specversion": "1.0",
         "id": event_id,
         "source": EVENT_SOURCE,
-        "type": f"gigafactory.job.{entry.status.value}",
+        "type": event_type,
         "subject": job.id,
         "time": to_iso(entry.at),
         "datacontenttype": "application/json",
@@ -65,6 +112,6 @@ def job_event(job: Job, entry: HistoryEntry) -> BusMessage:
     return BusMessage(
         message_id=event_id,
         body=envelope,
-        application_properties={"type": envelope["type"], "pool": job.pool, "product": job.product},
+        application_properties={"type": event_type, "pool": job.pool, "product": job.product},
         content_type="application/cloudevents+json",
     )

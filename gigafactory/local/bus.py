@@ -27,10 +27,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from gigafactory.messages import MAX_MESSAGE_BYTES as MAX_MESSAGE_BYTES
+from gigafactory.messages import MessageTooLarge as MessageTooLarge
+from gigafactory.messages import check_size
+from gigafactory.messages import serialized_size as serialized_size
 from gigafactory.ports import BusMessage, Clock
-
-MAX_MESSAGE_BYTES = 256 * 1024
-"""Service Bus Standard tier's limit for one message, headers and properties included."""
 
 MAX_LOCK_DURATION = timedelta(minutes=5)
 """Service Bus refuses longer locks; allowing them here would hide a design that needs them."""
@@ -84,21 +85,6 @@ CREATE INDEX IF NOT EXISTS messages_ready
 """
 
 
-class MessageTooLarge(ValueError):
-    """Raised before anything is stored, as Service Bus refuses the send outright: the fix is
-    a claim check (put the content in blob storage, send its name), never a retry."""
-
-    def __init__(self, message_id: str, size: int, limit: int = MAX_MESSAGE_BYTES) -> None:
-        super().__init__(
-            f"message {message_id!r} is {size} bytes serialized, over the {limit}-byte "
-            f"({limit // 1024} KB) Service Bus Standard limit; send ids only and keep large "
-            "content in blob storage (claim check)"
-        )
-        self.message_id = message_id
-        self.size = size
-        self.limit = limit
-
-
 class LockLost(Exception):
     """The lock expired or never existed (Service Bus: ``MessageLockLostError``).
 
@@ -147,26 +133,6 @@ class MessageCounts:
     active: int
     scheduled: int
     dead_letter: int = 0
-
-
-def serialized_size(message: BusMessage) -> int:
-    """The bytes the message occupies on the wire, as checked against ``MAX_MESSAGE_BYTES``.
-
-    Body, id, content type and application properties all count (as they do on Service Bus),
-    so a message that passes here passes there, give or take broker-added headers.
-    """
-    return len(
-        json.dumps(
-            {
-                "message_id": message.message_id,
-                "content_type": message.content_type,
-                "application_properties": dict(message.application_properties),
-                "body": message.body,
-            },
-            separators=(",", ":"),
-            ensure_ascii=False,
-        ).encode("utf-8")
-    )
 
 
 def _to_us(value: datetime) -> int:
@@ -306,9 +272,7 @@ class LocalBus:
         A duplicate is accepted without error, as Service Bus accepts it, because the sender
         cannot tell a lost acknowledgement from a lost message and must be free to resend.
         """
-        size = serialized_size(message)
-        if size > MAX_MESSAGE_BYTES:
-            raise MessageTooLarge(message.message_id, size)
+        check_size(message)
         body = json.dumps(message.body)
         properties = json.dumps(dict(message.application_properties))
         scheduled = message.scheduled_enqueue_time

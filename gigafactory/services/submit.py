@@ -58,8 +58,10 @@ def submit(svc: Services, data: Any, header_key: str | None = None) -> tuple[Job
     try:
         pool = svc.pools.route(manifest.requirements.capabilities, manifest.agent.profile)
     except ValueError as exc:
-        raise InvalidRequest([{"field": "requirements.capabilities", "rule": "routable",
-                               "message": str(exc)}]) from None
+        # Name the field that is at fault: when some pool covers the capabilities, it is the profile.
+        covered = any(p.covers(manifest.requirements.capabilities) for p in svc.pools.pools)
+        field = "agent.profile" if covered else "requirements.capabilities"
+        raise InvalidRequest([{"field": field, "rule": "routable", "message": str(exc)}]) from None
     profile = pool.profiles[manifest.agent.profile]
     try:
         profile.render(manifest.task, manifest.agent.args)
