@@ -19,11 +19,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import free_port, manifest, pools_file, summary, table  # noqa: E402
-from gigafactory.domain.pools import load_pools  # noqa: E402
-from gigafactory.local.runtime import Runtime, RuntimeConfig  # noqa: E402
-from gigafactory.local.store import SqliteJobStore  # noqa: E402
-from gigafactory.services import submit  # noqa: E402
+from bench.common import free_port, manifest, pools_file, summary, table
+from gigafactory.domain.pools import load_pools
+from gigafactory.local.runtime import Runtime, RuntimeConfig
+from gigafactory.local.store import SqliteJobStore
+from gigafactory.services import submit
 
 
 def rss_mb() -> float:

@@ -23,15 +23,15 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import free_port, manifest, pools_file, summary, table  # noqa: E402
-from gigafactory.domain import ids  # noqa: E402
-from gigafactory.domain.job import new_job  # noqa: E402
-from gigafactory.domain.manifest import Manifest  # noqa: E402
-from gigafactory.domain.pools import load_pools  # noqa: E402
-from gigafactory.local.clock import SystemClock  # noqa: E402
-from gigafactory.local.store import SqliteJobStore  # noqa: E402
-from gigafactory.services import submit  # noqa: E402
-from gigafactory.services.context import Services  # noqa: E402
+from bench.common import free_port, manifest, pools_file, summary, table
+from gigafactory.domain import ids
+from gigafactory.domain.job import new_job
+from gigafactory.domain.manifest import Manifest
+from gigafactory.domain.pools import load_pools
+from gigafactory.local.clock import SystemClock
+from gigafactory.local.store import SqliteJobStore
+from gigafactory.services import submit
+from gigafactory.services.context import Services
 
 TOKEN = "bench-token"
 

@@ -71,6 +71,15 @@ def build_parser() -> argparse.ArgumentParser:
     factory = sub.add_parser("factory", help="factory side")
     fsub = factory.add_subparsers(dest="factory_command", required=True)
     fsub.add_parser("run", help="run one attempt (on-demand entry point; configured by environment)")
+    serve = fsub.add_parser("serve", help="run a standing factory for one pool")
+    serve.add_argument("--pool", required=True)
+    serve.add_argument("--slots", type=int, default=1)
+    serve.add_argument("--name", default=os.uname().nodename)
+    serve.add_argument("--url", default=_default_url())
+    serve.add_argument("--state-dir", type=Path, default=Path(".gigafactory-factory"),
+                       help="where the factory keeps its credential (mode 0600)")
+    serve.add_argument("--workdir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")))
+    serve.add_argument("--receive-wait", type=float, default=30.0, help="broker long-poll seconds")
     return parser
 
 
@@ -187,7 +196,14 @@ def cmd_factory(args: argparse.Namespace) -> int:
     logs.configure(os.environ.get("GIGAFACTORY_LOG_LEVEL", "INFO"))
     if args.factory_command == "run":
         return run(RunConfig.from_env())
-    return 2
+    from gigafactory.factory.serve import ServeConfig, serve
+
+    return serve(ServeConfig(
+        url=args.url, pool=args.pool, slots=args.slots, name=args.name, state_dir=args.state_dir,
+        workdir=args.workdir, enrollment_secret=os.environ.get("GIGAFACTORY_ENROLLMENT_SECRET"),
+        kill_grace_seconds=float(os.environ.get("GIGAFACTORY_KILL_GRACE_SECONDS", "10")),
+        receive_wait_seconds=args.receive_wait,
+    ))
 
 
 COMMANDS = {"local": cmd_local, "submit": cmd_submit, "status": cmd_status, "jobs": cmd_jobs,

@@ -69,18 +69,24 @@ def pool_subscription(pool: str) -> str:
     return f"pool-{pool}"
 
 
-def dispatch_message(job: Job, pool: Pool, now: datetime) -> BusMessage:
-    """Ids only (claim check): the receiver reads the job from the store and fences on it."""
+def dispatch_message(job: Job, pool: Pool, now: datetime, *, shadow: bool = False) -> BusMessage:
+    """Ids only (claim check): the receiver reads the job from the store and fences on it.
+
+    A shadow copy (shadow mode) carries its own id and a ``shadow`` property, so it can never
+    be mistaken for, or deduplicate away, the real dispatch."""
     scheduled = job.due_at if job.due_at > now else None
+    properties: dict[str, str | int] = {
+        "pool": pool.name,
+        "launch_mode": pool.launch_mode,
+        "product": job.product,
+        "priority": job.priority,
+    }
+    if shadow:
+        properties["shadow"] = "true"
     return BusMessage(
-        message_id=ids.dispatch_message_id(job.id, job.attempt),
+        message_id=(ids.shadow_message_id if shadow else ids.dispatch_message_id)(job.id, job.attempt),
         body={"job_id": job.id, "attempt": job.attempt, "pool": job.pool},
-        application_properties={
-            "pool": pool.name,
-            "launch_mode": pool.launch_mode,
-            "product": job.product,
-            "priority": job.priority,
-        },
+        application_properties=properties,
         scheduled_enqueue_time=scheduled,
     )
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from gigafactory.domain.factories import Factory
 from gigafactory.domain.job import Job
 
 
@@ -64,6 +65,30 @@ class JobStore(Protocol):
     def replace_capacity(self, capacity: Capacity) -> Capacity:
         """Write if ``capacity.etag`` is current (``None`` = create), else raise ``Conflict``."""
         ...
+
+
+class FactoryStore(Protocol):
+    """Enrolled standing factories."""
+
+    def create_factory(self, factory: Factory) -> Factory: ...
+
+    def get_factory(self, factory_id: str) -> Factory | None: ...
+
+    def replace_factory(self, factory: Factory) -> Factory:
+        """Write if ``factory.etag`` is current, else raise ``Conflict``."""
+        ...
+
+    def list_factories(self, pool: str | None = None) -> builtins.list[Factory]: ...
+
+
+class ShadowLog(Protocol):
+    """Shadow mode's record of which pool each path delivered a job attempt to."""
+
+    def record_shadow(self, job_id: str, attempt: int, side: str, pool: str, at: datetime) -> None:
+        """Idempotent per (job, attempt, side)."""
+        ...
+
+    def shadow_records(self, limit: int = 10_000) -> builtins.list[dict[str, object]]: ...
 
 
 @dataclass

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from typing import Annotated, Any
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ValidationError
 
-from gigafactory import __version__
+from gigafactory import __version__, accounting
 from gigafactory.api import errors
 from gigafactory.api.auth import require_operator
 from gigafactory.api.errors import ApiError
@@ -39,6 +41,17 @@ async def read_json(request: Request, limit: int = MAX_BODY_BYTES) -> Any:
         raise ApiError(400, "bad_request", f"body is not valid JSON: {exc}") from None
 
 
+M = TypeVar("M", bound=BaseModel)
+
+
+async def parse_body(request: Request, model: type[M]) -> M:
+    """A JSON body validated into ``model``; errors name the field and rule (422)."""
+    try:
+        return model.model_validate(await read_json(request))
+    except ValidationError as exc:
+        raise submit.InvalidRequest(submit.validation_errors(exc)) from None
+
+
 def svc_of(request: Request) -> Services:
     provider: Callable[[], Services] = request.app.state.services
     return provider()
@@ -66,7 +79,8 @@ def health(request: Request) -> dict[str, Any]:
 )
 async def submit_job(request: Request, svc: SvcDep) -> JSONResponse:
     data = await read_json(request)
-    job, created = submit.submit(svc, data, request.headers.get("idempotency-key"))
+    # The store (and the claim-check upload) block: keep them off the event loop.
+    job, created = await run_in_threadpool(submit.submit, svc, data, request.headers.get("idempotency-key"))
     now = svc.clock.now()
     payload = {"id": job.id, "status": job.status.value, "attempt": job.attempt, "pool": job.pool,
                "score": job.score_at(now).as_dict(), "status_url": f"/api/jobs/{job.id}"}
@@ -115,6 +129,16 @@ def list_pools(svc: SvcDep) -> dict[str, Any]:
     return {"items": jobs.pools_overview(svc)}
 
 
+def caller_for(path: str) -> str:
+    """The name store operations of a request are counted under."""
+    if path.endswith("/lease"):
+        return "lease"
+    for marker, name in (("/messages/", "broker"), ("/api/attempts/", "attempts"), ("/api/factories", "factories")):
+        if marker in path:
+            return name
+    return "api"
+
+
 def create_app(
     services: Callable[[], Services],
     *,
@@ -134,6 +158,12 @@ def create_app(
     app.state.api_token = api_token
     app.state.dispatch_mode = dispatch_mode
     errors.install(app)
+
+    @app.middleware("http")
+    async def _account(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        with accounting.accounted(caller_for(request.url.path)):
+            return await call_next(request)
+
     app.include_router(public)
     app.include_router(operator)
     for router in extra_routers or []:

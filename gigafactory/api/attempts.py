@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ValidationError
+from fastapi.concurrency import run_in_threadpool
 
-from gigafactory.api.app import SvcDep, read_json
+from gigafactory.api.app import SvcDep, parse_body
 from gigafactory.api.auth import bearer
 from gigafactory.api.errors import ApiError
 from gigafactory.services import attempts
-from gigafactory.services.submit import InvalidRequest, validation_errors
 
 router = APIRouter(prefix="/api/attempts/{job_id}/{attempt}", tags=["attempts"])
 
@@ -24,20 +23,11 @@ def _token(request: Request) -> str:
     return token
 
 
-M = TypeVar("M", bound=BaseModel)
-
-
-async def _body(request: Request, model: type[M]) -> M:
-    try:
-        return model.model_validate(await read_json(request))
-    except ValidationError as exc:
-        raise InvalidRequest(validation_errors(exc)) from None
-
-
 @router.post("/claim")
 async def claim(job_id: str, attempt: int, request: Request, svc: SvcDep) -> dict[str, Any]:
     token = _token(request)
-    return attempts.claim(svc, job_id, attempt, token, await _body(request, attempts.ClaimRequest))
+    body = await parse_body(request, attempts.ClaimRequest)
+    return await run_in_threadpool(attempts.claim, svc, job_id, attempt, token, body)
 
 
 @router.post("/heartbeat")
@@ -48,7 +38,8 @@ def heartbeat(job_id: str, attempt: int, request: Request, svc: SvcDep) -> dict[
 @router.post("/complete")
 async def complete(job_id: str, attempt: int, request: Request, svc: SvcDep) -> dict[str, Any]:
     token = _token(request)
-    return attempts.complete(svc, job_id, attempt, token, await _body(request, attempts.CompleteRequest))
+    body = await parse_body(request, attempts.CompleteRequest)
+    return await run_in_threadpool(attempts.complete, svc, job_id, attempt, token, body)
 
 
 @router.get("/manifest")

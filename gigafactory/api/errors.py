@@ -9,6 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from gigafactory.domain.factories import CredentialError
 from gigafactory.domain.job import StaleAttempt
 from gigafactory.domain.states import IllegalTransition
 from gigafactory.domain.tokens import TokenError
@@ -58,6 +59,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StaleAttempt)
     async def _stale(_: Request, exc: StaleAttempt) -> JSONResponse:
         return JSONResponse(body("stale_attempt", str(exc)), 409)
+
+    @app.exception_handler(CredentialError)
+    async def _credential(_: Request, exc: CredentialError) -> JSONResponse:
+        return JSONResponse(body("forbidden", str(exc)), 403)
 
     @app.exception_handler(TokenError)
     async def _token(_: Request, exc: TokenError) -> JSONResponse:

@@ -51,6 +51,7 @@ from azure.cosmos.exceptions import (
     CosmosResourceNotFoundError,
 )
 
+from gigafactory import accounting
 from gigafactory.domain.job import Job
 from gigafactory.domain.states import Status
 from gigafactory.domain.timefmt import to_iso
@@ -95,6 +96,7 @@ class CosmosJobStore:
         self._pools = pools
         self._ops_lock = threading.Lock()
         self.ops: Counter[str] = Counter()
+        self.ops_by_caller: Counter[str] = Counter()
 
     @classmethod
     def from_settings(
@@ -271,8 +273,11 @@ class CosmosJobStore:
     # -- plumbing ------------------------------------------------------------------------------
 
     def _count(self, kind: str) -> None:
+        """Every request is counted (by kind, and by the caller ``accounting`` names), so each
+        use case's cost in Cosmos requests is measured the same way as on the embedded store."""
         with self._ops_lock:
             self.ops[kind] += 1
+            self.ops_by_caller[f"{accounting.caller.get()}:{kind}"] += 1
 
     def _find(self, job_id: str) -> Job | None:
         rows = self._query(self._jobs, "SELECT * FROM c WHERE c.id = @id", {"@id": job_id})

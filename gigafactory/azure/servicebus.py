@@ -28,7 +28,14 @@ import threading
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from azure.servicebus import ServiceBusClient, ServiceBusMessage, ServiceBusMessageBatch, ServiceBusSender
+import azure.functions as func
+from azure.servicebus import (
+    ServiceBusClient,
+    ServiceBusMessage,
+    ServiceBusMessageBatch,
+    ServiceBusReceivedMessage,
+    ServiceBusSender,
+)
 from azure.servicebus.exceptions import MessageSizeExceededError
 
 from gigafactory.messages import MessageTooLarge, check_size
@@ -62,20 +69,19 @@ def to_service_bus_message(message: BusMessage) -> ServiceBusMessage:
     )
 
 
-def receive_dispatch_body(message: Any) -> dict[str, Any]:
+def receive_dispatch_body(message: func.ServiceBusMessage | ServiceBusReceivedMessage) -> dict[str, Any]:
     """The JSON object a received message carries, from either the Functions trigger's
-    ``azure.functions.ServiceBusMessage`` (``get_body()``) or the SDK's
-    ``ServiceBusReceivedMessage`` (``body``, an iterable of data sections).
+    ``azure.functions.ServiceBusMessage`` or the SDK's ``ServiceBusReceivedMessage`` (whose
+    body is an iterable of AMQP data sections).
 
     An undecodable body raises ``BadDispatch``: no redelivery can fix it, so the caller
     dead-letters it with this reason rather than letting it circulate until the count runs out.
     """
-    get_body = getattr(message, "get_body", None)
-    if callable(get_body):
-        raw = get_body()
-    else:
+    if isinstance(message, ServiceBusReceivedMessage):
         body = message.body
         raw = body if isinstance(body, bytes | str) else b"".join(body)
+    else:
+        raw = message.get_body()
     try:
         decoded = json.loads(raw)
     except (TypeError, ValueError) as exc:

@@ -19,5 +19,11 @@ def dispatch_message_id(job_id: str, attempt: int) -> str:
     return f"{job_id}:{attempt}"
 
 
+def shadow_message_id(job_id: str, attempt: int) -> str:
+    """Shadow copies must not collide with the real dispatch id, or duplicate detection would
+    drop the real message after a switch from shadow to broker mode."""
+    return f"{job_id}:{attempt}:shadow"
+
+
 def event_id(job_id: str, attempt: int, status: str, seq: int) -> str:
     return f"{job_id}:{attempt}:{status}:{seq}"

@@ -89,7 +89,7 @@ class Timeouts(_Strict):
 
 
 class Manifest(_Strict):
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     product: str = Field(pattern=_KEY)
     title: str = Field(min_length=1, max_length=200)
     task: str = Field(min_length=1, max_length=MAX_TASK_CHARS)

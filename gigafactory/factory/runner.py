@@ -14,6 +14,7 @@ import signal
 import subprocess
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,13 +116,18 @@ def tail(path: Path) -> str:
         return ""
 
 
-def run(cfg: RunConfig) -> int:
+def run(cfg: RunConfig, *, on_claimed: Callable[[], None] | None = None, handle_sigterm: bool = True) -> int:
+    """Run one attempt. ``on_claimed`` runs once the claim is recorded (a standing factory
+    settles its broker message there); ``handle_sigterm`` only where this owns the process."""
     client = AttemptClient(cfg.url, cfg.job_id, cfg.attempt, cfg.token)
     try:
         claim = client.call("claim", {"holder": cfg.holder})
     except Refused as exc:
         log.warning("claim refused", extra={"job_id": cfg.job_id, "attempt": cfg.attempt, "error": str(exc)})
+        client.close()
         return 3
+    if on_claimed is not None:
+        on_claimed()
     workspace = Path(tempfile.mkdtemp(prefix=f"{cfg.job_id}-{cfg.attempt}-", dir=cfg.workdir))
     log_path = workspace / "agent.log"
     result_file = workspace / "result.json"
@@ -144,7 +150,8 @@ def run(cfg: RunConfig) -> int:
         cancelled.set()
         threading.Thread(target=agent.stop, daemon=True).start()
 
-    signal.signal(signal.SIGTERM, on_term)
+    if handle_sigterm:
+        signal.signal(signal.SIGTERM, on_term)
     beat = threading.Thread(target=_heartbeat, args=(client, cfg, float(claim["heartbeat_seconds"]) / 3,
                                                      agent, cancelled, done), daemon=True)
     beat.start()

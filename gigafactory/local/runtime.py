@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gigafactory import lifecycle, messages
+from gigafactory import accounting, lifecycle, messages
 from gigafactory.domain.pools import PoolSet
 from gigafactory.local.blobs import FileBlobStore
 from gigafactory.local.bus import LocalBus
@@ -27,7 +27,7 @@ from gigafactory.local.durable import DurableEngine
 from gigafactory.local.launcher import SubprocessLauncher
 from gigafactory.local.store import SqliteJobStore
 from gigafactory.ports import Clock, Launcher
-from gigafactory.services import launch, relay, sweeper
+from gigafactory.services import launch, relay, shadow, sweeper
 from gigafactory.services.context import DISPATCH_MODES, Services
 
 log = logging.getLogger("gigafactory.runtime")
@@ -85,8 +85,11 @@ class Runtime:
         self.clock = clock or SystemClock()
         self.api_token = read_or_create_secret(cfg.data_dir / "api-token", os.environ.get("GIGAFACTORY_API_TOKEN"))
         signing = read_or_create_secret(cfg.data_dir / "signing-key", os.environ.get("GIGAFACTORY_TOKEN_SECRET"))
+        self.enrollment_secret = read_or_create_secret(cfg.data_dir / "enrollment-secret",
+                                                       os.environ.get("GIGAFACTORY_ENROLLMENT_SECRET"))
         self.store = SqliteJobStore(cfg.data_dir / "jobs.db")
         self.bus = LocalBus(cfg.data_dir / "bus.db", self.clock)
+        self.bus.release_locks()  # one runtime per data dir: any lock is a dead predecessor's
         self.bus.create_topic(messages.EVENTS_TOPIC)
         self.bus.create_subscription(messages.DISPATCH_TOPIC, messages.LAUNCHER_SUBSCRIPTION,
                                      {"launch_mode": "on-demand"})
@@ -104,6 +107,7 @@ class Runtime:
             coordinator_url=f"http://{cfg.host}:{cfg.port}", bus=self.bus,
             lifecycle=EngineLifecycleClient(self.engine, self._engine_wake.set), launcher=self.launcher,
             blobs=FileBlobStore(cfg.data_dir / "blobs"), dispatch_mode=cfg.dispatch_mode,
+            factories=self.store, shadow_log=self.store, enrollment_secret=self.enrollment_secret,
         )
         lifecycle.use_services(lambda: self.services)
         self._changes = threading.Event()
@@ -136,6 +140,7 @@ class Runtime:
         return len(batch)
 
     def _relay_loop(self) -> None:
+        accounting.caller.set("relay")
         while not self._stop.is_set():
             self._changes.clear()
             try:
@@ -174,12 +179,14 @@ class Runtime:
         raise RuntimeError(f"runtime still busy after {max_rounds} rounds")
 
     def _launch_loop(self) -> None:
+        accounting.caller.set("launch")
         while not self._stop.is_set():
             if self.launch_once():
                 continue
             self.bus.wait_for_message(messages.DISPATCH_TOPIC, messages.LAUNCHER_SUBSCRIPTION, timeout=30.0)
 
     def _engine_loop(self) -> None:
+        accounting.caller.set("lifecycle")
         while not self._stop.is_set():
             self._engine_wake.clear()
             try:
@@ -192,16 +199,47 @@ class Runtime:
             self._engine_wake.wait(timeout)
 
     def _sweep_loop(self) -> None:
+        accounting.caller.set("sweeper")
         while not self._stop.wait(self.cfg.sweep_seconds):
             try:
                 sweeper.sweep(self.services)
             except Exception:
                 log.exception("sweep failed")
 
+    def shadow_once(self) -> int:
+        """Shadow mode's broker side: what the pool subscriptions would have delivered."""
+        seen = 0
+        for pool in self.cfg.pools.pools:
+            if pool.launch_mode != "standing":
+                continue
+            subscription = messages.pool_subscription(pool.name)
+            for msg in self.bus.receive(messages.DISPATCH_TOPIC, subscription, max_messages=32):
+                body = msg.body if isinstance(msg.body, dict) else {}
+                if msg.application_properties.get("shadow") == "true" and isinstance(body.get("job_id"), str):
+                    shadow.record(self.services, body["job_id"], int(body.get("attempt", 0)), "broker", pool.name)
+                self.bus.complete(msg.lock_token)
+                seen += 1
+        return seen
+
+    def _shadow_loop(self) -> None:
+        accounting.caller.set("shadow")
+        while not self._stop.is_set():
+            if self.services.dispatch_mode != "shadow":
+                return
+            try:
+                if self.shadow_once():
+                    continue
+            except Exception:
+                log.exception("shadow consumer failed")
+            self.bus.wait(timeout=5.0)
+
     # -- start / stop --------------------------------------------------------------------------
 
     def start_background(self) -> None:
-        for target in (self._relay_loop, self._launch_loop, self._engine_loop, self._sweep_loop):
+        loops = [self._relay_loop, self._launch_loop, self._engine_loop, self._sweep_loop]
+        if self.services.dispatch_mode == "shadow":
+            loops.append(self._shadow_loop)
+        for target in loops:
             thread = threading.Thread(target=target, name=target.__name__.strip("_"), daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -217,9 +255,14 @@ class Runtime:
     def app(self) -> Any:
         from gigafactory.api.app import create_app
         from gigafactory.api.attempts import router as attempts_router
+        from gigafactory.api.factories import operator as factories_operator
+        from gigafactory.api.factories import router as factories_router
+        from gigafactory.local.gateway import gateway_router
 
         return create_app(lambda: self.services, api_token=self.api_token,
-                          dispatch_mode=lambda: self.services.dispatch_mode, extra_routers=[attempts_router])
+                          dispatch_mode=lambda: self.services.dispatch_mode,
+                          extra_routers=[attempts_router, factories_router, factories_operator,
+                                         gateway_router(self.bus)])
 
     def request_shutdown(self) -> None:
         """Ask a serving runtime to stop as SIGTERM would (for embedding and tests)."""

@@ -8,6 +8,7 @@ in order). Every update is conditional on the ETag that was read.
 from __future__ import annotations
 
 import base64
+import builtins
 import json
 import sqlite3
 import threading
@@ -17,6 +18,8 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
+from gigafactory import accounting
+from gigafactory.domain.factories import Factory
 from gigafactory.domain.job import Job
 from gigafactory.domain.timefmt import to_iso
 from gigafactory.ports import Capacity, Conflict
@@ -38,6 +41,11 @@ CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (pool, status, sort_key DESC);
 CREATE INDEX IF NOT EXISTS jobs_submitted ON jobs (submitted_at DESC, id DESC);
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_seq ON jobs (seq);
 CREATE TABLE IF NOT EXISTS capacity (pool TEXT PRIMARY KEY, etag TEXT NOT NULL, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS factories (id TEXT PRIMARY KEY, pool TEXT NOT NULL, etag TEXT NOT NULL, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS shadow (
+    job_id TEXT NOT NULL, attempt INTEGER NOT NULL, side TEXT NOT NULL, pool TEXT NOT NULL, at TEXT NOT NULL,
+    PRIMARY KEY (job_id, attempt, side)
+);
 """
 
 
@@ -53,8 +61,13 @@ class SqliteJobStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
         self.ops: Counter[str] = Counter()
+        self.ops_by_caller: Counter[str] = Counter()
         # Called after every committed job write: the runtime's change tail sleeps until then.
         self.listeners: list[Callable[[], None]] = []
+
+    def _count(self, kind: str) -> None:
+        self.ops[kind] += 1
+        self.ops_by_caller[f"{accounting.caller.get()}:{kind}"] += 1
 
     def close(self) -> None:
         with self._lock:
@@ -89,7 +102,7 @@ class SqliteJobStore:
 
     def create(self, job: Job) -> tuple[Job, bool]:
         with self._lock:
-            self.ops["write"] += 1
+            self._count("write")
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 stored = self._write(job, insert=True)
@@ -105,13 +118,13 @@ class SqliteJobStore:
 
     def get(self, job_id: str, pool: str | None = None) -> Job | None:
         with self._lock:
-            self.ops["read"] += 1
+            self._count("read")
             row = self._db.execute("SELECT doc FROM jobs WHERE id=?", (job_id,)).fetchone()
         return Job.from_doc(json.loads(row[0])) if row else None
 
     def replace(self, job: Job) -> Job:
         with self._lock:
-            self.ops["write"] += 1
+            self._count("write")
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 stored = self._write(job, insert=False)
@@ -134,7 +147,7 @@ class SqliteJobStore:
         pool: str | None = None,
         limit: int = 50,
         continuation: str | None = None,
-    ) -> tuple[list[Job], str | None]:
+    ) -> tuple[builtins.list[Job], str | None]:
         where, args = [], []
         for column, value in (("status", status), ("product", product), ("pool", pool)):
             if value is not None:
@@ -147,7 +160,7 @@ class SqliteJobStore:
         sql = "SELECT doc FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
         sql += " ORDER BY submitted_at DESC, id DESC LIMIT ?"
         with self._lock:
-            self.ops["query"] += 1
+            self._count("query")
             rows = self._db.execute(sql, (*args, limit + 1)).fetchall()
         jobs = [Job.from_doc(json.loads(r[0])) for r in rows[:limit]]
         token = None
@@ -156,9 +169,9 @@ class SqliteJobStore:
             token = _encode_continuation(to_iso(last.submitted_at), last.id)
         return jobs, token
 
-    def queued(self, pool: str, due_before: datetime, limit: int) -> list[Job]:
+    def queued(self, pool: str, due_before: datetime, limit: int) -> builtins.list[Job]:
         with self._lock:
-            self.ops["query"] += 1
+            self._count("query")
             rows = self._db.execute(
                 "SELECT doc FROM jobs WHERE pool=? AND status='queued' AND due_at<=?"
                 " ORDER BY sort_key DESC, id LIMIT ?",
@@ -166,10 +179,10 @@ class SqliteJobStore:
             ).fetchall()
         return [Job.from_doc(json.loads(r[0])) for r in rows]
 
-    def in_status(self, statuses: list[str], limit: int = 500) -> list[Job]:
+    def in_status(self, statuses: builtins.list[str], limit: int = 500) -> builtins.list[Job]:
         marks = ",".join("?" for _ in statuses)
         with self._lock:
-            self.ops["query"] += 1
+            self._count("query")
             rows = self._db.execute(
                 f"SELECT doc FROM jobs WHERE status IN ({marks}) ORDER BY seq LIMIT ?", (*statuses, limit)
             ).fetchall()
@@ -177,7 +190,7 @@ class SqliteJobStore:
 
     def counts(self, pool: str) -> dict[str, int]:
         with self._lock:
-            self.ops["query"] += 1
+            self._count("query")
             rows = self._db.execute(
                 "SELECT status, COUNT(*) FROM jobs WHERE pool=? GROUP BY status", (pool,)
             ).fetchall()
@@ -185,7 +198,7 @@ class SqliteJobStore:
 
     # -- the change feed -----------------------------------------------------------------------
 
-    def changes_since(self, seq: int, limit: int = 100) -> list[tuple[int, Job]]:
+    def changes_since(self, seq: int, limit: int = 100) -> builtins.list[tuple[int, Job]]:
         """The latest version of every job changed after ``seq``, oldest change first."""
         with self._lock:
             rows = self._db.execute(
@@ -202,7 +215,7 @@ class SqliteJobStore:
 
     def get_capacity(self, pool: str) -> Capacity:
         with self._lock:
-            self.ops["read"] += 1
+            self._count("read")
             row = self._db.execute("SELECT etag, doc FROM capacity WHERE pool=?", (pool,)).fetchone()
         if row is None:
             return Capacity(pool=pool)
@@ -212,7 +225,7 @@ class SqliteJobStore:
         etag = _etag()
         doc = json.dumps({"id": capacity.pool, "inflight": capacity.inflight})
         with self._lock:
-            self.ops["write"] += 1
+            self._count("write")
             if capacity.etag is None:
                 try:
                     self._db.execute("INSERT INTO capacity (pool, etag, doc) VALUES (?, ?, ?)",
@@ -225,6 +238,62 @@ class SqliteJobStore:
                 if cur.rowcount != 1:
                     raise Conflict(f"capacity {capacity.pool}: the ETag {capacity.etag} is no longer current")
         return Capacity(pool=capacity.pool, inflight=dict(capacity.inflight), etag=etag)
+
+
+    # -- standing factories --------------------------------------------------------------------
+
+    def create_factory(self, factory: Factory) -> Factory:
+        etag = _etag()
+        doc = {**factory.to_doc(), "_etag": etag}
+        with self._lock:
+            self._count("write")
+            try:
+                self._db.execute("INSERT INTO factories (id, pool, etag, doc) VALUES (?, ?, ?, ?)",
+                                 (factory.id, factory.pool, etag, json.dumps(doc)))
+            except sqlite3.IntegrityError as exc:
+                raise Conflict(f"factory {factory.id}: exists") from exc
+        return Factory.from_doc(doc)
+
+    def get_factory(self, factory_id: str) -> Factory | None:
+        with self._lock:
+            self._count("read")
+            row = self._db.execute("SELECT doc FROM factories WHERE id=?", (factory_id,)).fetchone()
+        return Factory.from_doc(json.loads(row[0])) if row else None
+
+    def replace_factory(self, factory: Factory) -> Factory:
+        etag = _etag()
+        doc = {**factory.to_doc(), "_etag": etag}
+        with self._lock:
+            self._count("write")
+            cur = self._db.execute("UPDATE factories SET etag=?, doc=?, pool=? WHERE id=? AND etag=?",
+                                   (etag, json.dumps(doc), factory.pool, factory.id, factory.etag))
+            if cur.rowcount != 1:
+                raise Conflict(f"factory {factory.id}: the ETag {factory.etag} is no longer current")
+        return Factory.from_doc(doc)
+
+    def list_factories(self, pool: str | None = None) -> builtins.list[Factory]:
+        with self._lock:
+            self._count("query")
+            if pool is None:
+                rows = self._db.execute("SELECT doc FROM factories ORDER BY id").fetchall()
+            else:
+                rows = self._db.execute("SELECT doc FROM factories WHERE pool=? ORDER BY id", (pool,)).fetchall()
+        return [Factory.from_doc(json.loads(r[0])) for r in rows]
+
+    # -- shadow-mode comparison ------------------------------------------------------------------
+
+    def record_shadow(self, job_id: str, attempt: int, side: str, pool: str, at: datetime) -> None:
+        with self._lock:
+            self._count("write")
+            self._db.execute("INSERT OR IGNORE INTO shadow (job_id, attempt, side, pool, at) VALUES (?, ?, ?, ?, ?)",
+                             (job_id, attempt, side, pool, to_iso(at)))
+
+    def shadow_records(self, limit: int = 10_000) -> builtins.list[dict[str, object]]:
+        with self._lock:
+            self._count("query")
+            rows = self._db.execute("SELECT job_id, attempt, side, pool, at FROM shadow ORDER BY at DESC LIMIT ?",
+                                    (limit,)).fetchall()
+        return [{"job_id": r[0], "attempt": r[1], "side": r[2], "pool": r[3], "at": r[4]} for r in rows]
 
 
 def _encode_continuation(submitted_at: str, job_id: str) -> str:
@@ -241,4 +310,3 @@ def _decode_continuation(token: str) -> tuple[str, str]:
         return submitted, job_id
     except (ValueError, TypeError) as exc:
         raise ValueError("continuation: not a token this API issued") from exc
-

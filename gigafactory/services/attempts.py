@@ -58,8 +58,12 @@ def claim(svc: Services, job_id: str, attempt: int, token: str | None, req: Clai
         if job.attempt == attempt and job.status not in (Status.DISPATCHED, Status.LAUNCHING):
             raise StaleAttempt(f"job {job_id}: attempt {attempt} is {job.status}; nothing to claim")
         manifest = load_manifest(svc, job)
-        return J.claim(job, attempt, holder=req.holder, token_sha256=fingerprint,
-                       lease_seconds=manifest.timeouts.heartbeat_seconds, now=svc.clock.now())
+        claimed = J.claim(job, attempt, holder=req.holder, token_sha256=fingerprint,
+                          lease_seconds=manifest.timeouts.heartbeat_seconds, now=svc.clock.now())
+        if req.holder.startswith("f-") and claimed.factory_id is None:
+            claimed = claimed.model_copy(update={"factory_id": req.holder})
+            claimed.etag = job.etag
+        return claimed
 
     job = update_job(svc.store, job_id, change)
     manifest = load_manifest(svc, job)
@@ -76,13 +80,20 @@ def claim(svc: Services, job_id: str, attempt: int, token: str | None, req: Clai
     }
 
 
+def _holds_lease(job: Job, attempt: int, fingerprint: str) -> None:
+    """Only the token that claimed the attempt may speak for it."""
+    if job.attempt == attempt and job.lease is not None and job.lease.token_sha256 != fingerprint:
+        raise StaleAttempt(f"job {job.id}: attempt {attempt} was claimed with another token")
+
+
 def heartbeat(svc: Services, job_id: str, attempt: int, token: str | None) -> dict[str, Any]:
-    authorize(svc, token, job_id, attempt)
+    fingerprint = authorize(svc, token, job_id, attempt)
     current = svc.store.get(job_id)
     if current is not None and current.attempt == attempt and current.cancel_requested:
         return {"cancel": True, "status": current.status.value}
 
     def change(job: Job) -> Job:
+        _holds_lease(job, attempt, fingerprint)
         manifest = load_manifest(svc, job)
         return J.heartbeat(job, attempt, lease_seconds=manifest.timeouts.heartbeat_seconds, now=svc.clock.now())
 
@@ -92,7 +103,7 @@ def heartbeat(svc: Services, job_id: str, attempt: int, token: str | None) -> di
 
 
 def complete(svc: Services, job_id: str, attempt: int, token: str | None, req: CompleteRequest) -> dict[str, Any]:
-    authorize(svc, token, job_id, attempt)
+    fingerprint = authorize(svc, token, job_id, attempt)
     outcome = "succeeded" if req.exit_code == 0 and not req.cancelled else (
         "cancelled" if req.cancelled else "failed")
     result = Result(outcome=outcome, exit_code=req.exit_code, summary=req.summary or req.log_tail,
@@ -103,6 +114,7 @@ def complete(svc: Services, job_id: str, attempt: int, token: str | None, req: C
         if (job.attempt == attempt and job.result is not None and job.result.exit_code == req.exit_code
                 and job.status in (Status.SUCCEEDED, Status.ATTEMPT_FAILED, Status.FAILED)):
             return None  # a repeated report (the answer to the first was lost)
+        _holds_lease(job, attempt, fingerprint)
         manifest = load_manifest(svc, job)
         profile = svc.pools.get(job.pool).profiles.get(manifest.agent.profile)
         retryable = profile.is_retryable(req.exit_code) if profile else False

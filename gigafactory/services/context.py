@@ -5,7 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from gigafactory.domain.pools import PoolSet
-from gigafactory.ports import BlobStore, Clock, DispatchBus, JobStore, Launcher, LifecycleClient
+from gigafactory.ports import (
+    BlobStore,
+    Clock,
+    DispatchBus,
+    FactoryStore,
+    JobStore,
+    Launcher,
+    LifecycleClient,
+    ShadowLog,
+)
 
 DISPATCH_MODES = ("poll", "shadow", "broker")
 
@@ -22,6 +31,10 @@ class Services:
     launcher: Launcher | None = None
     blobs: BlobStore | None = None
     dispatch_mode: str = "broker"
+    factories: FactoryStore | None = None
+    shadow_log: ShadowLog | None = None
+    # Presented by standing factories to enroll (``POST /api/factories``).
+    enrollment_secret: str | None = None
     # Manifests whose JSON is larger than this go to blob storage (claim check).
     claim_check_bytes: int = 64 * 1024
     attempt_token_ttl_seconds: int = 8 * 86_400

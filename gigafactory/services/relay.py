@@ -55,10 +55,15 @@ def _react(svc: Services, job: Job) -> set[str]:
         scheduler.free_slots(svc, job.pool, [job.id], unless_attempt={job.id: job.attempt})
         if job.attempt > 1 or job.cancel_requested:
             _signal(svc, job)
-        return {job.pool} if job.due_at <= now and _releases_here(svc, job) else set()
+        if not _releases_here(svc, job):
+            if svc.dispatch_mode == "shadow" and job.due_at <= now:
+                _publish_dispatch(svc, job, shadow=True)
+            return set()
+        return {job.pool} if job.due_at <= now else set()
     if job.status is Status.DISPATCHED:
         scheduler.hold_slot(svc, job)
-        _publish_dispatch(svc, job)
+        if job.factory_id is None and _releases_here(svc, job):  # a leased job is with its factory
+            _publish_dispatch(svc, job)
         if svc.lifecycle is not None and not svc.lifecycle.start(job.id, lifecycle_payload(job)):
             svc.lifecycle.signal(job.id, lifecycle_payload(job))
         return set()
@@ -86,12 +91,12 @@ def _signal(svc: Services, job: Job) -> None:
         svc.lifecycle.start(job.id, payload)
 
 
-def _publish_dispatch(svc: Services, job: Job) -> None:
+def _publish_dispatch(svc: Services, job: Job, *, shadow: bool = False) -> None:
     if svc.bus is None:
         return
     pool = svc.pools.get(job.pool)
-    svc.bus.publish(messages.DISPATCH_TOPIC, messages.dispatch_message(job, pool, svc.clock.now()))
-    log.info("dispatch published", extra=job_fields(job.id, job.attempt, pool=job.pool))
+    svc.bus.publish(messages.DISPATCH_TOPIC, messages.dispatch_message(job, pool, svc.clock.now(), shadow=shadow))
+    log.info("dispatch published", extra=job_fields(job.id, job.attempt, pool=job.pool, shadow=shadow))
 
 
 def _publish_events(svc: Services, job: Job) -> None:

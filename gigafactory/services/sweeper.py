@@ -15,7 +15,7 @@ from datetime import timedelta
 from gigafactory.domain.states import IN_FLIGHT, Status
 from gigafactory.domain.timefmt import from_iso, to_iso
 from gigafactory.ports import Capacity, Conflict
-from gigafactory.services import relay, scheduler
+from gigafactory.services import factories, relay, scheduler
 from gigafactory.services.context import Services
 
 log = logging.getLogger("gigafactory.sweeper")
@@ -31,10 +31,12 @@ class SweepReport:
     slots_freed: list[str] = field(default_factory=list)
     slots_held: list[str] = field(default_factory=list)
     released: list[str] = field(default_factory=list)
+    factories_offline: list[str] = field(default_factory=list)
 
 
 def sweep(svc: Services) -> SweepReport:
     report = SweepReport()
+    report.factories_offline = factories.mark_silent_offline(svc)
     now = svc.clock.now()
     active = svc.store.in_status([s.value for s in IN_FLIGHT])
     by_pool: dict[str, dict[str, int]] = {p: {} for p in svc.pools.names()}
@@ -50,7 +52,8 @@ def sweep(svc: Services) -> SweepReport:
             continue
         _reconcile(svc, pool, live, report)
         report.released += [j.id for j in scheduler.release(svc, pool)]
-    if report.republished or report.slots_freed or report.slots_held or report.released:
+    if report.republished or report.slots_freed or report.slots_held or report.released or \
+            report.factories_offline:
         log.info("sweep", extra={"republished": len(report.republished), "slots_freed": len(report.slots_freed),
                                  "slots_held": len(report.slots_held), "released": len(report.released)})
     return report

@@ -138,7 +138,7 @@ resource jobs 'Microsoft.App/jobs@2024-03-01' = [for pool in onDemandPools: {
               value: pool.name
             }
             {
-              name: 'GIGAFACTORY_COORDINATOR_URL'
+              name: 'GIGAFACTORY_URL'
               value: coordinatorUrl
             }
           ]

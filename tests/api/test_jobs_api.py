@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -115,7 +115,7 @@ def test_get_never_shows_the_attempt_token_or_its_fingerprint(client: TestClient
     assert stored is not None and stored.lease is not None
     fingerprint = stored.lease.token_sha256
     assert fingerprint == tokens.fingerprint(token)
-    for path in (f"/api/jobs/{job_id}", "/api/jobs", f"/api/jobs?status=running&product=demo"):
+    for path in (f"/api/jobs/{job_id}", "/api/jobs", "/api/jobs?status=running&product=demo"):
         r = client.get(path, headers=auth)
         assert r.status_code == 200
         assert fingerprint not in r.text and token not in r.text
@@ -582,7 +582,11 @@ def _route_table(app: FastAPI) -> list[tuple[str, str]]:
     return table
 
 
-ROUTES = _route_table(create_app(lambda: None, api_token="x", extra_routers=[attempts.router]))  # type: ignore[arg-type,return-value]
+def _no_services() -> Services:
+    raise AssertionError("listing routes needs no services")
+
+
+ROUTES = _route_table(create_app(_no_services, api_token="x", extra_routers=[attempts.router]))
 OPERATOR_ROUTES = [(m, p) for m, p in ROUTES if p not in PUBLIC_PATHS and not p.startswith(ATTEMPT_PREFIX)]
 ATTEMPT_ROUTES = [(m, p) for m, p in ROUTES if p.startswith(ATTEMPT_PREFIX)]
 
@@ -717,8 +721,7 @@ def test_wrong_method_is_a_json_405(client: TestClient, auth: dict[str, str]) ->
     assert r.json()["error"] == "http_error"
 
 
-def test_internal_error_is_a_500_without_a_trace(svc: Services, api_token: str,
-                                                 auth: dict[str, str]) -> None:
+def test_internal_error_is_a_500_without_a_trace(api_token: str, auth: dict[str, str]) -> None:
     def broken() -> Services:
         raise RuntimeError("secret internals at /srv/app.py line 3")
 

@@ -91,18 +91,22 @@ def _answers(port: int, *, tls: bool, path: str) -> bool:
 
 @contextlib.contextmanager
 def _serve(
-    name: str, argv: Callable[[int], list[str]], probe: Callable[[int], bool], workdir: Path
+    name: str, argv: Callable[[int], list[str]], ready: str, probe: Callable[[int], bool], workdir: Path
 ) -> Iterator[Server]:
+    """Ready means: the process logged ``ready`` for this port *and* answers on it (the log line
+    alone can precede the listener; the answer alone could come from whoever took the port)."""
     log = workdir / f"{name}.log"
     for _ in range(3):  # a free port can be taken between choosing it and binding it
         port = _free_port()
+        offset = log.stat().st_size if log.exists() else 0
         with log.open("ab") as out:
             proc = subprocess.Popen(argv(port), cwd=workdir, stdin=subprocess.DEVNULL, stdout=out,
                                     stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + STARTUP_SECONDS
             while proc.poll() is None and time.monotonic() < deadline:
-                if probe(port):
+                logged = log.read_bytes()[offset:].decode(errors="replace")
+                if ready.format(port=port) in logged and probe(port):
                     yield Server(name, port, log)
                     return
                 time.sleep(0.05)
@@ -142,7 +146,7 @@ def cosmos_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     package = str(NODE_MODULES / "@vercel" / "cosmosdb-server")
     workdir = tmp_path_factory.mktemp("cosmosdb-server")
     with _serve("cosmosdb-server", lambda port: [node, "-e", _COSMOS_MAIN, package, str(port)],
-                lambda port: _answers(port, tls=True, path="/"), workdir) as server:
+                "ready on 127.0.0.1:{port}", lambda port: _answers(port, tls=True, path="/"), workdir) as server:
         yield server
 
 
@@ -152,8 +156,9 @@ def cosmos_connection_string(cosmos_server: Server) -> str:
 
 
 @pytest.fixture(scope="session")
-def cosmos_client(cosmos_connection_string: str) -> CosmosClient:
-    return CosmosClient.from_connection_string(cosmos_connection_string, connection_verify=False)
+def cosmos_client(cosmos_connection_string: str) -> Iterator[CosmosClient]:
+    with CosmosClient.from_connection_string(cosmos_connection_string, connection_verify=False) as client:
+        yield client
 
 
 @pytest.fixture(scope="module")
@@ -189,8 +194,8 @@ def azurite_blob(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         return [str(binary), "--silent", "--inMemoryPersistence", "--disableTelemetry", "--skipApiVersionCheck",
                 "--blobHost", "127.0.0.1", "--blobPort", str(port)]
 
-    with _serve("azurite-blob", argv, lambda port: _answers(port, tls=False, path=f"/{AZURITE_ACCOUNT}?comp=list"),
-                workdir) as server:
+    with _serve("azurite-blob", argv, "listens on http://127.0.0.1:{port}",
+                lambda port: _answers(port, tls=False, path=f"/{AZURITE_ACCOUNT}?comp=list"), workdir) as server:
         yield server
 
 

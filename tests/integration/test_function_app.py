@@ -12,14 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import azure.functions as func
-from azure.functions.timer import TimerRequest
 import pytest
+from azure.functions.timer import TimerRequest
 
-import function_app
 from gigafactory.azure import settings
 from gigafactory.domain.pools import load_pools
 from gigafactory.local.clock import FakeClock
 from gigafactory.local.runtime import Runtime, RuntimeConfig
+from tests.integration.indexed import FUNCTIONS
 from tests.lifecycle.conftest import RecordingLauncher
 
 MANIFEST = {"product": "demo", "title": "t", "task": "hello", "requirements": {"capabilities": ["local"]}}
@@ -54,8 +54,6 @@ def runtime(tmp_path: Path) -> Iterator[Runtime]:
     rt.engine.close()
 
 
-# Indexing validates names once per app; do it once, as the host does.
-FUNCTIONS = {fn.get_function_name(): fn for fn in function_app.app.get_functions()}
 
 
 def user_function(name: str) -> Callable[..., Any]:

@@ -11,13 +11,14 @@ from typing import Any
 
 import function_app
 from gigafactory.azure.settings import SETTINGS
+from tests.integration.indexed import FUNCTIONS
 
 ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra" / "app"
 OPTIONAL = {"GIGAFACTORY_POOLS_FILE", "GIGAFACTORY_API_TOKEN"}
 
 BINDINGS: dict[str, list[dict[str, Any]]] = {
-    fn.get_function_name(): json.loads(fn.get_function_json())["bindings"] for fn in function_app.app.get_functions()
+    name: json.loads(fn.get_function_json())["bindings"] for name, fn in FUNCTIONS.items()
 }
 
 

@@ -182,10 +182,13 @@ def _base_for(path: str) -> dict[str, Any]:
     return BASE
 
 
+def _show(value: Any) -> str:
+    return repr(value) if not isinstance(value, str) or len(value) < 12 else f"<{len(value)} chars>"
+
+
 def _ids(case: tuple[str, Any, Any, str]) -> str:
     path, ok, bad, _ = case
-    show = (lambda v: repr(v) if not isinstance(v, str) or len(v) < 12 else f"<{len(v)} chars>")
-    return f"{path}:{show(ok)}/{show(bad)}"
+    return f"{path}:{_show(ok)}/{_show(bad)}"
 
 
 @pytest.mark.parametrize("case", EDGES, ids=[_ids(c) for c in EDGES])

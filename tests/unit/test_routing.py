@@ -125,8 +125,8 @@ def test_no_match_lists_every_pool() -> None:
 
 
 def test_profile_not_offered_by_a_covering_pool_is_an_error() -> None:
-    ps = pools(pool("lin", ["linux"]), pool("gpu", ["linux", "gpu"], profiles={"claude": {"argv": ["c", "{task}"]}}))
-    assert ps.route(["linux"], "claude").name == "gpu"  # the only pool offering the profile
+    ps = pools(pool("lin", ["linux"]), pool("gpu", ["linux", "gpu"], profiles={"coder": {"argv": ["c", "{task}"]}}))
+    assert ps.route(["linux"], "coder").name == "gpu"  # the only pool offering the profile
     with pytest.raises(RoutingError) as info:
         ps.route(["linux"], "codex")
     assert "codex" in str(info.value) and "agent.profile" in str(info.value)

@@ -9,7 +9,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gigafactory.domain import scoring
 from gigafactory.domain.scoring import (
     AGE_POINTS_PER_MINUTE,
     DEFAULT_HORIZON,
@@ -199,7 +198,7 @@ def exact(value: float) -> int:
     return rounded
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, database=None)
 @given(
     jobs=st.lists(job_strategy, min_size=2, max_size=25),
     gap1=st.integers(min_value=0, max_value=30 * 86_400),

@@ -73,8 +73,8 @@ def test_every_status_has_an_entry() -> None:
 
 
 def test_shape_of_the_machine() -> None:
-    assert TERMINAL == {Status.SUCCEEDED, Status.FAILED, Status.CANCELLED}
-    assert IN_FLIGHT == {Status.DISPATCHED, Status.LAUNCHING, Status.RUNNING}
+    assert set(TERMINAL) == {Status.SUCCEEDED, Status.FAILED, Status.CANCELLED}
+    assert set(IN_FLIGHT) == {Status.DISPATCHED, Status.LAUNCHING, Status.RUNNING}
     assert TRANSITIONS[Status.SUCCEEDED] == frozenset()
     for s in set(Status) - TERMINAL:
         assert Status.CANCELLED in TRANSITIONS[s], f"{s} must be cancellable"

@@ -1,0 +1,74 @@
+"""The embedded broker's receive side over HTTP, for standing factories on other hosts.
+
+In Azure a standing factory receives from its pool's Service Bus subscription directly; the
+embedded bus lives in the coordinator's process, so it is offered the same way Service Bus
+offers it — a long-polling receive with peek-lock, then complete or abandon — authenticated
+by the factory's credential and limited to the factory's own pool subscription. A waiting
+receive touches the bus only when something is published: it reads no store.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, ConfigDict, Field
+
+from gigafactory import messages
+from gigafactory.api.app import SvcDep, parse_body
+from gigafactory.api.factories import calling_factory
+from gigafactory.domain.factories import CredentialError
+from gigafactory.local.bus import LocalBus, LockLost
+
+MAX_WAIT_SECONDS = 30.0
+
+
+class Receive(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    max_messages: int = Field(default=1, ge=1, le=32)
+    wait_seconds: float = Field(default=MAX_WAIT_SECONDS, ge=0, le=MAX_WAIT_SECONDS)
+
+
+def gateway_router(bus: LocalBus) -> APIRouter:
+    router = APIRouter(prefix="/api/pools/{pool}/messages", tags=["embedded broker"])
+
+    def _receive(pool: str, body: Receive) -> list[dict[str, Any]]:
+        subscription = messages.pool_subscription(pool)
+        received = bus.receive(messages.DISPATCH_TOPIC, subscription, max_messages=body.max_messages)
+        if not received and body.wait_seconds > 0:
+            bus.wait_for_message(messages.DISPATCH_TOPIC, subscription, timeout=body.wait_seconds)
+            received = bus.receive(messages.DISPATCH_TOPIC, subscription, max_messages=body.max_messages)
+        return [{"lock_token": m.lock_token, "message_id": m.message_id, "body": m.body,
+                 "delivery_count": m.delivery_count} for m in received]
+
+    async def _check(request: Request, svc: Any, pool: str) -> None:
+        factory = await run_in_threadpool(calling_factory, request, svc)
+        if factory.pool != pool:
+            raise CredentialError(f"factory {factory.id} belongs to pool {factory.pool}, not {pool}")
+
+    @router.post("/receive")
+    async def receive(pool: str, request: Request, svc: SvcDep) -> dict[str, Any]:
+        await _check(request, svc, pool)
+        body = await parse_body(request, Receive)
+        return {"messages": await run_in_threadpool(_receive, pool, body)}
+
+    @router.post("/{lock_token}/complete")
+    async def complete(pool: str, lock_token: str, request: Request, svc: SvcDep) -> dict[str, Any]:
+        await _check(request, svc, pool)
+        return {"settled": await run_in_threadpool(_settle, bus.complete, lock_token)}
+
+    @router.post("/{lock_token}/abandon")
+    async def abandon(pool: str, lock_token: str, request: Request, svc: SvcDep) -> dict[str, Any]:
+        await _check(request, svc, pool)
+        return {"settled": await run_in_threadpool(_settle, bus.abandon, lock_token)}
+
+    return router
+
+
+def _settle(action: Any, lock_token: str) -> bool:
+    try:
+        action(lock_token)
+    except LockLost:
+        return False
+    return True

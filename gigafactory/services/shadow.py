@@ -1,0 +1,52 @@
+"""Shadow mode: poll stays authoritative while dispatches are also published; for every job
+attempt we record which pool each path delivered it to, and report agreement.
+
+Divergences carry a reason: ``pool_mismatch`` (the two paths chose different pools),
+``broker_missing`` (poll delivered it and the broker had not after the grace period),
+``poll_missing`` (the broker delivered it and poll had not after the grace period).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from gigafactory.domain.timefmt import from_iso
+from gigafactory.services.context import Services
+
+GRACE = timedelta(seconds=60)
+
+
+def record(svc: Services, job_id: str, attempt: int, side: str, pool: str) -> None:
+    if svc.shadow_log is not None:
+        svc.shadow_log.record_shadow(job_id, attempt, side, pool, svc.clock.now())
+
+
+def report(svc: Services) -> dict[str, Any]:
+    if svc.shadow_log is None:
+        return {"compared": 0, "agreed": 0, "agreement_rate": None, "pending": 0, "divergences": []}
+    now = svc.clock.now()
+    pairs: dict[tuple[str, int], dict[str, dict[str, Any]]] = {}
+    for rec in svc.shadow_log.shadow_records():
+        pairs.setdefault((str(rec["job_id"]), int(str(rec["attempt"]))), {})[str(rec["side"])] = rec
+    agreed, divergences, pending = 0, [], 0
+    for (job_id, attempt), sides in sorted(pairs.items()):
+        poll, broker = sides.get("poll"), sides.get("broker")
+        if poll and broker:
+            if poll["pool"] == broker["pool"]:
+                agreed += 1
+            else:
+                divergences.append({"job_id": job_id, "attempt": attempt, "reason": "pool_mismatch",
+                                    "poll_pool": poll["pool"], "broker_pool": broker["pool"]})
+            continue
+        only = poll or broker
+        assert only is not None
+        if now - from_iso(str(only["at"])) < GRACE:
+            pending += 1
+            continue
+        divergences.append({"job_id": job_id, "attempt": attempt,
+                            "reason": "broker_missing" if poll else "poll_missing", "pool": only["pool"]})
+    compared = agreed + len(divergences)
+    return {"compared": compared, "agreed": agreed,
+            "agreement_rate": round(agreed / compared, 4) if compared else None,
+            "pending": pending, "divergences": divergences}
