@@ -20,6 +20,12 @@ from gigafactory.services.context import Services
 router = APIRouter(prefix="/api", tags=["factories"])
 operator = APIRouter(prefix="/api", tags=["factories"], dependencies=[Depends(require_operator)])
 MODE_HEADER = "X-Gigafactory-Dispatch-Mode"
+DRAIN_HEADER = "X-Gigafactory-Drain"
+
+
+def factory_headers(svc: Services, factory: Factory) -> dict[str, str]:
+    """Every answer to a factory says how to take work and whether to stop taking it."""
+    return {MODE_HEADER: svc.dispatch_mode, DRAIN_HEADER: "true" if not factory.takes_work else "false"}
 
 
 class Enrollment(BaseModel):
@@ -119,7 +125,7 @@ async def lease_work(pool: str, request: Request, svc: SvcDep) -> Response:
     if factory.pool != pool:
         raise CredentialError(f"factory {factory.id} belongs to pool {factory.pool}, not {pool}")
     body = await parse_body(request, LeaseRequest)
-    headers = {MODE_HEADER: svc.dispatch_mode}
+    headers = factory_headers(svc, factory)
     taken = await run_in_threadpool(lease.lease, svc, factory) if svc.dispatch_mode in ("poll", "shadow") else None
     if taken is None:
         headers["Retry-After"] = str(lease.idle_backoff(body.idle_polls))

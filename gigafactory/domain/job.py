@@ -136,6 +136,14 @@ def release(job: Job, now: datetime) -> Job:
     return _move(job, Status.DISPATCHED, now, dispatched_at=now)
 
 
+def return_to_queue(job: Job, now: datetime) -> Job:
+    """An undelivered release goes back to the queue as the same attempt (mode switch to poll)."""
+    if job.status is not Status.DISPATCHED or job.factory_id is not None or job.lease is not None:
+        raise IllegalTransition(job.id, job.status, Status.QUEUED)
+    return _move(job, Status.QUEUED, now, "undelivered release returned to the queue", dispatched_at=None,
+                 due_at=now)
+
+
 def mark_launching(job: Job, attempt: int, execution: str, now: datetime) -> Job:
     job.require_attempt(attempt)
     return _move(job, Status.LAUNCHING, now, execution=execution or None)
@@ -186,6 +194,8 @@ def expire(job: Job, attempt: int, reason: str, now: datetime) -> Job:
 
 def requeue(job: Job, *, delay_seconds: float, now: datetime, reason: str) -> Job:
     """Queue the next attempt, due after its backoff."""
+    if job.status not in (Status.ATTEMPT_FAILED, Status.FAILED, Status.CANCELLED):
+        raise IllegalTransition(job.id, job.status, Status.QUEUED)
     attempt = job.attempt + 1
     key = scoring.sort_key(priority=job.priority, submitted_at=job.submitted_at, deadline=job.deadline,
                            attempt=attempt)

@@ -22,7 +22,10 @@ IN_FLIGHT = frozenset({Status.DISPATCHED, Status.LAUNCHING, Status.RUNNING})
 TRANSITIONS: dict[Status, frozenset[Status]] = {
     Status.QUEUED: frozenset({Status.DISPATCHED, Status.CANCELLED}),
     # A standing factory claims straight from dispatched; on-demand goes through launching.
-    Status.DISPATCHED: frozenset({Status.LAUNCHING, Status.RUNNING, Status.ATTEMPT_FAILED, Status.CANCELLED}),
+    # Back to queued (same attempt) only when a release was never delivered and the
+    # coordinator switched to poll mode, where factories lease queued work themselves.
+    Status.DISPATCHED: frozenset({Status.QUEUED, Status.LAUNCHING, Status.RUNNING, Status.ATTEMPT_FAILED,
+                                  Status.CANCELLED}),
     Status.LAUNCHING: frozenset({Status.RUNNING, Status.ATTEMPT_FAILED, Status.CANCELLED}),
     Status.RUNNING: frozenset({Status.SUCCEEDED, Status.ATTEMPT_FAILED, Status.CANCELLED}),
     Status.ATTEMPT_FAILED: frozenset({Status.QUEUED, Status.FAILED, Status.CANCELLED}),

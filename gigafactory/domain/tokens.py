@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import secrets
 from dataclasses import dataclass
 
 
@@ -32,16 +33,18 @@ def _sign(secret: bytes, payload: str) -> str:
 
 
 def issue(secret: bytes, job_id: str, attempt: int, expires: int) -> str:
-    payload = f"{job_id}.{attempt}.{expires}"
+    """Each token is unique (a nonce), so the token that claimed an attempt can be told apart
+    from any other token issued for the same attempt."""
+    payload = f"{job_id}.{attempt}.{expires}.{secrets.token_hex(8)}"
     return f"v1.{payload}.{_sign(secret, payload)}"
 
 
 def verify(secret: bytes, token: str, *, job_id: str, attempt: int, now: float) -> AttemptToken:
     parts = token.split(".")
-    if len(parts) != 5 or parts[0] != "v1":
+    if len(parts) != 6 or parts[0] != "v1":
         raise TokenError("attempt token: malformed")
-    _, tid, tattempt, texpires, signature = parts
-    if not hmac.compare_digest(signature, _sign(secret, f"{tid}.{tattempt}.{texpires}")):
+    _, tid, tattempt, texpires, nonce, signature = parts
+    if not hmac.compare_digest(signature, _sign(secret, f"{tid}.{tattempt}.{texpires}.{nonce}")):
         raise TokenError("attempt token: bad signature")
     if tid != job_id or tattempt != str(attempt):
         raise TokenError(f"attempt token: scoped to {tid} attempt {tattempt}, not {job_id} attempt {attempt}")

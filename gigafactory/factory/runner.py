@@ -140,7 +140,8 @@ def run(cfg: RunConfig, *, on_claimed: Callable[[], None] | None = None, handle_
             log.error("clone failed", extra={"job_id": cfg.job_id, "attempt": cfg.attempt, "error": str(exc)})
             return _report(client, cfg, 128, log_path, result_file, cancelled=False)
     env = {**{k: v for k, v in os.environ.items() if k != "GIGAFACTORY_ATTEMPT_TOKEN"},
-           "GIGAFACTORY_RESULT_FILE": str(result_file), "GIGAFACTORY_WORKSPACE": str(workspace)}
+           "GIGAFACTORY_RESULT_FILE": str(result_file), "GIGAFACTORY_WORKSPACE": str(workspace),
+           "GIGAFACTORY_JOB_ID": cfg.job_id, "GIGAFACTORY_ATTEMPT": str(cfg.attempt)}
     agent = AgentProcess(list(claim["argv"]), cwd, env, log_path, cfg.kill_grace_seconds)
     log.info("agent started", extra={"job_id": cfg.job_id, "attempt": cfg.attempt, "pid": agent.proc.pid})
     cancelled = threading.Event()

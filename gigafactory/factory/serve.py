@@ -26,6 +26,7 @@ from gigafactory.factory import runner
 
 log = logging.getLogger("gigafactory.factory")
 MODE_HEADER = "X-Gigafactory-Dispatch-Mode"
+DRAIN_HEADER = "X-Gigafactory-Drain"
 
 
 @dataclass
@@ -134,10 +135,20 @@ class StandingFactory:
         with contextlib.suppress(httpx.TransportError):
             self.http.post(f"/api/pools/{self.cfg.pool}/messages/{lock_token}/{verb}", headers=self._auth, timeout=15)
 
+    def _follow(self, answer: httpx.Response) -> None:
+        self.mode = answer.headers.get(MODE_HEADER, self.mode)
+        if answer.headers.get(DRAIN_HEADER) == "true":
+            self.draining = True
+
     def broker_round(self, free: int) -> None:
         answer = self.http.post(f"/api/pools/{self.cfg.pool}/messages/receive", headers=self._auth,
                                 json={"max_messages": free, "wait_seconds": self.cfg.receive_wait_seconds})
+        if answer.status_code in (401, 403):
+            log.error("receive refused; stopping", extra={"factory_id": self.factory_id})
+            self.stop.set()
+            return
         answer.raise_for_status()
+        self._follow(answer)
         for msg in answer.json()["messages"]:
             body = msg["body"]
             grant = self.http.post(f"/api/factories/{self.factory_id}/attempts", headers=self._auth,
@@ -153,7 +164,7 @@ class StandingFactory:
     def poll_round(self) -> None:
         answer = self.http.post(f"/api/pools/{self.cfg.pool}/lease", headers=self._auth,
                                 json={"idle_polls": self.idle_polls}, timeout=15)
-        self.mode = answer.headers.get(MODE_HEADER, self.mode)
+        self._follow(answer)
         if answer.status_code == 200:
             data = answer.json()
             self.idle_polls = 0
@@ -161,7 +172,7 @@ class StandingFactory:
             return
         if answer.status_code == 204:
             self.idle_polls += 1
-            if self.mode in ("poll", "shadow"):
+            if self.mode in ("poll", "shadow") and not self.draining:
                 self.stop.wait(float(answer.headers.get("Retry-After", "1")))
             return
         if answer.status_code in (401, 403):

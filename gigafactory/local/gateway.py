@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
 from gigafactory import messages
 from gigafactory.api.app import SvcDep, parse_body
-from gigafactory.api.factories import calling_factory
-from gigafactory.domain.factories import CredentialError
+from gigafactory.api.factories import calling_factory, factory_headers
+from gigafactory.domain.factories import CredentialError, Factory
 from gigafactory.local.bus import LocalBus, LockLost
 
 MAX_WAIT_SECONDS = 30.0
@@ -42,15 +42,19 @@ def gateway_router(bus: LocalBus) -> APIRouter:
         return [{"lock_token": m.lock_token, "message_id": m.message_id, "body": m.body,
                  "delivery_count": m.delivery_count} for m in received]
 
-    async def _check(request: Request, svc: Any, pool: str) -> None:
+    async def _check(request: Request, svc: Any, pool: str) -> Factory:
         factory = await run_in_threadpool(calling_factory, request, svc)
         if factory.pool != pool:
             raise CredentialError(f"factory {factory.id} belongs to pool {factory.pool}, not {pool}")
+        return factory
 
     @router.post("/receive")
-    async def receive(pool: str, request: Request, svc: SvcDep) -> dict[str, Any]:
-        await _check(request, svc, pool)
+    async def receive(pool: str, request: Request, svc: SvcDep, response: Response) -> dict[str, Any]:
+        factory = await _check(request, svc, pool)
         body = await parse_body(request, Receive)
+        response.headers.update(factory_headers(svc, factory))
+        if not factory.takes_work or svc.dispatch_mode != "broker":
+            return {"messages": []}  # draining, or the coordinator wants leases now
         return {"messages": await run_in_threadpool(_receive, pool, body)}
 
     @router.post("/{lock_token}/complete")

@@ -14,11 +14,13 @@ from collections.abc import Iterable
 from typing import Any
 
 from gigafactory import messages
+from gigafactory.domain import job as J
 from gigafactory.domain.job import Job
-from gigafactory.domain.states import Status
+from gigafactory.domain.states import IllegalTransition, Status
 from gigafactory.logs import job_fields
 from gigafactory.services import scheduler
 from gigafactory.services.context import Services
+from gigafactory.services.mutate import update_job
 
 log = logging.getLogger("gigafactory.relay")
 EVENTS_PER_CHANGE = 3
@@ -61,6 +63,9 @@ def _react(svc: Services, job: Job) -> set[str]:
             return set()
         return {job.pool} if job.due_at <= now else set()
     if job.status is Status.DISPATCHED:
+        if job.factory_id is None and not _releases_here(svc, job):
+            _return_to_queue(svc, job)
+            return set()
         scheduler.hold_slot(svc, job)
         if job.factory_id is None and _releases_here(svc, job):  # a leased job is with its factory
             _publish_dispatch(svc, job)
@@ -74,6 +79,23 @@ def _react(svc: Services, job: Job) -> set[str]:
     scheduler.free_slots(svc, job.pool, [job.id])
     _signal(svc, job)
     return {job.pool}
+
+
+def _return_to_queue(svc: Services, job: Job) -> None:
+    """Released in broker mode but never delivered before a switch to poll mode: queued again,
+    so a factory can lease it. A broker delivery still in flight is fenced: its claim needs
+    ``dispatched``."""
+
+    def change(current: Job) -> Job | None:
+        if current.status is not Status.DISPATCHED or current.attempt != job.attempt or current.factory_id:
+            return None
+        return J.return_to_queue(current, svc.clock.now())
+
+    try:
+        update_job(svc.store, job.id, change, job.pool)
+    except IllegalTransition:
+        return
+    scheduler.free_slots(svc, job.pool, [job.id])
 
 
 def _releases_here(svc: Services, job: Job) -> bool:
