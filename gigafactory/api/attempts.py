@@ -8,19 +8,14 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 
 from gigafactory.api.app import SvcDep, parse_body
-from gigafactory.api.auth import bearer
-from gigafactory.api.errors import ApiError
+from gigafactory.api.auth import require_bearer
 from gigafactory.services import attempts
 
 router = APIRouter(prefix="/api/attempts/{job_id}/{attempt}", tags=["attempts"])
 
 
 def _token(request: Request) -> str:
-    token = bearer(request)
-    if token is None:
-        raise ApiError(401, "unauthorized", "missing attempt token (Authorization: Bearer <attempt token>)",
-                       {"WWW-Authenticate": "Bearer"})
-    return token
+    return require_bearer(request, "attempt token")
 
 
 @router.post("/claim")

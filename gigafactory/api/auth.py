@@ -16,6 +16,15 @@ def bearer(request: Request) -> str | None:
     return value.strip() if scheme.lower() == "bearer" and value.strip() else None
 
 
+def require_bearer(request: Request, what: str) -> str:
+    """The bearer credential, or 401 naming what was expected."""
+    token = bearer(request)
+    if token is None:
+        raise ApiError(401, "unauthorized", f"missing {what} (Authorization: Bearer <{what}>)",
+                       {"WWW-Authenticate": "Bearer"})
+    return token
+
+
 def require_operator(request: Request) -> None:
     expected: str | None = request.app.state.api_token
     if expected is None:

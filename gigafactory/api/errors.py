@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -32,6 +33,23 @@ def body(error: str, message: str, **extra: object) -> dict[str, object]:
     return {"error": error, "message": message, **extra}
 
 
+# Domain and service errors whose message already says everything: (HTTP status, error code).
+SIMPLE: dict[type[Exception], tuple[int, str]] = {
+    NotFound: (404, "not_found"),
+    IllegalTransition: (409, "illegal_transition"),
+    StaleAttempt: (409, "stale_attempt"),
+    CredentialError: (403, "forbidden"),
+    TokenError: (403, "forbidden"),
+}
+
+
+def _simple(status: int, error: str) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
+    async def handle(_: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse(body(error, str(exc)), status)
+
+    return handle
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api(_: Request, exc: ApiError) -> JSONResponse:
@@ -48,25 +66,8 @@ def install(app: FastAPI) -> None:
         return JSONResponse(body("invalid_request", "; ".join(f"{e['field']}: {e['message']}" for e in errors),
                                  errors=errors), 422)
 
-    @app.exception_handler(NotFound)
-    async def _not_found(_: Request, exc: NotFound) -> JSONResponse:
-        return JSONResponse(body("not_found", str(exc)), 404)
-
-    @app.exception_handler(IllegalTransition)
-    async def _illegal(_: Request, exc: IllegalTransition) -> JSONResponse:
-        return JSONResponse(body("illegal_transition", str(exc)), 409)
-
-    @app.exception_handler(StaleAttempt)
-    async def _stale(_: Request, exc: StaleAttempt) -> JSONResponse:
-        return JSONResponse(body("stale_attempt", str(exc)), 409)
-
-    @app.exception_handler(CredentialError)
-    async def _credential(_: Request, exc: CredentialError) -> JSONResponse:
-        return JSONResponse(body("forbidden", str(exc)), 403)
-
-    @app.exception_handler(TokenError)
-    async def _token(_: Request, exc: TokenError) -> JSONResponse:
-        return JSONResponse(body("forbidden", str(exc)), 403)
+    for exc_type, (status, error) in SIMPLE.items():
+        app.add_exception_handler(exc_type, _simple(status, error))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -11,8 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
 from gigafactory.api.app import SvcDep, parse_body
-from gigafactory.api.auth import bearer, require_operator
-from gigafactory.api.errors import ApiError
+from gigafactory.api.auth import require_bearer, require_operator
 from gigafactory.domain.factories import HEARTBEAT_SECONDS, CredentialError, Factory
 from gigafactory.services import factories, lease, shadow
 from gigafactory.services.context import Services
@@ -52,11 +51,7 @@ class LeaseRequest(BaseModel):
 
 
 def _credential(request: Request) -> str:
-    token = bearer(request)
-    if token is None:
-        raise ApiError(401, "unauthorized", "missing credential (Authorization: Bearer <credential>)",
-                       {"WWW-Authenticate": "Bearer"})
-    return token
+    return require_bearer(request, "credential")
 
 
 def calling_factory(request: Request, svc: Services, factory_id: str | None = None) -> Factory:

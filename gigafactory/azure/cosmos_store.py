@@ -1,10 +1,11 @@
 """The job store on Azure Cosmos DB (NoSQL API), behaving like ``SqliteJobStore`` through the port.
 
 Layout: container ``jobs`` partitioned by ``/pool`` so the scheduler's hot read (the queued jobs of
-one pool) is a single-partition indexed query, and container ``pools`` partitioned by ``/id``
-holding one capacity document per pool. Every write of an existing document is conditional on the
-ETag that was read (HTTP 412 becomes ``Conflict``), which is what makes the relay, the scheduler
-and the factory callbacks safe to run concurrently and to replay.
+one pool) is a single-partition indexed query, container ``pools`` partitioned by ``/id`` holding
+one capacity document per pool (and shadow mode's records), and container ``factories``
+partitioned by ``/pool`` holding the enrolled standing factories. Every write of an existing
+document is conditional on the ETag that was read (HTTP 412 becomes ``Conflict``), which is what
+makes the relay, the scheduler and the factory callbacks safe to run concurrently and to replay.
 
 Decisions that follow from the partitioning, each with its cost:
 
@@ -22,6 +23,14 @@ Decisions that follow from the partitioning, each with its cost:
 * ``counts`` issues one index-served ``COUNT`` per status: ``GROUP BY`` is not available to the
   Python SDK across partitions and not to every Cosmos-compatible server, while a single query
   projecting ``status`` would read every job the pool ever had.
+* Factories are found by id alone (the credential names the factory, not its pool), so
+  ``get_factory`` is a cross-partition query rather than a point read, and ``create_factory``
+  looks the id up across pools before inserting, as ``create`` does for jobs. A few factories per
+  pool make the fan-out cheap; partitioning by pool keeps ``list_factories(pool)`` in one
+  partition and leaves room to grow.
+* Shadow records live in ``pools``, one document per (job, attempt, side) with that triple as its
+  id: inserting is then idempotent by construction (a second insert is a 409 that is ignored), and
+  shadow mode, a migration phase, needs no container of its own that would outlive it.
 
 Queries order by the equality-filtered property first (``ORDER BY c.status, c.sort_key DESC``) so
 that the composite indexes in ``JOBS_INDEXING_POLICY`` serve them; infrastructure must declare
@@ -52,6 +61,7 @@ from azure.cosmos.exceptions import (
 )
 
 from gigafactory import accounting
+from gigafactory.domain.factories import Factory
 from gigafactory.domain.job import Job
 from gigafactory.domain.states import Status
 from gigafactory.domain.timefmt import to_iso
@@ -59,6 +69,8 @@ from gigafactory.ports import Capacity, Conflict
 
 JOBS_CONTAINER = "jobs"
 POOLS_CONTAINER = "pools"
+FACTORIES_CONTAINER = "factories"
+SHADOW_TYPE = "shadow"
 DEFAULT_DATABASE = "gigafactory"
 
 ENDPOINT_SETTING = "COSMOS__accountEndpoint"
@@ -89,11 +101,18 @@ JOBS_INDEXING_POLICY: dict[str, Any] = {
 
 
 class CosmosJobStore:
-    """``JobStore`` on two Cosmos DB containers; see the module docstring for the trade-offs."""
+    """``JobStore``, ``FactoryStore`` and ``ShadowLog`` on Cosmos DB containers; see the module
+    docstring for the trade-offs.
 
-    def __init__(self, jobs: ContainerProxy, pools: ContainerProxy) -> None:
+    ``factories`` is optional because only the standing-factory use cases read it: a store built
+    for jobs alone (as most tests build it) needs no third container, and says so when asked for
+    a factory instead of failing deep inside the SDK.
+    """
+
+    def __init__(self, jobs: ContainerProxy, pools: ContainerProxy, factories: ContainerProxy | None = None) -> None:
         self._jobs = jobs
         self._pools = pools
+        self._factories = factories
         self._ops_lock = threading.Lock()
         self.ops: Counter[str] = Counter()
         self.ops_by_caller: Counter[str] = Counter()
@@ -130,7 +149,11 @@ class CosmosJobStore:
                 credential = DefaultAzureCredential(managed_identity_client_id=env.get(CLIENT_ID_SETTING) or None)
             client = CosmosClient(endpoint, credential=credential)
             database = client.get_database_client(database_name)
-        return cls(database.get_container_client(JOBS_CONTAINER), database.get_container_client(POOLS_CONTAINER))
+        return cls(
+            database.get_container_client(JOBS_CONTAINER),
+            database.get_container_client(POOLS_CONTAINER),
+            database.get_container_client(FACTORIES_CONTAINER),
+        )
 
     # -- jobs --------------------------------------------------------------------------------
 
@@ -270,6 +293,71 @@ class CosmosJobStore:
             raise Conflict(f"capacity {capacity.pool}: the ETag {capacity.etag} is no longer current") from exc
         return Capacity(pool=capacity.pool, inflight=dict(capacity.inflight), etag=body["_etag"])
 
+    # -- standing factories --------------------------------------------------------------------
+
+    def create_factory(self, factory: Factory) -> Factory:
+        container = self._factories_container()
+        # Cosmos enforces id uniqueness only within one pool; the registry needs it across pools,
+        # since a credential names the factory id alone.
+        if self._find_factory(factory.id) is not None:
+            raise Conflict(f"factory {factory.id}: exists")
+        self._count("write")
+        try:
+            body = container.create_item(factory.to_doc())
+        except CosmosResourceExistsError as exc:
+            raise Conflict(f"factory {factory.id}: exists") from exc
+        return Factory.from_doc(body)
+
+    def get_factory(self, factory_id: str) -> Factory | None:
+        return self._find_factory(factory_id)
+
+    def replace_factory(self, factory: Factory) -> Factory:
+        container = self._factories_container()
+        self._count("write")
+        if factory.etag is None:
+            raise Conflict(f"factory {factory.id}: no ETag was read, so there is nothing to be current against")
+        try:
+            body = container.replace_item(
+                factory.id, factory.to_doc(), etag=factory.etag, match_condition=MatchConditions.IfNotModified
+            )
+        except CosmosAccessConditionFailedError as exc:
+            raise Conflict(f"factory {factory.id}: the ETag {factory.etag} is no longer current") from exc
+        except CosmosResourceNotFoundError as exc:
+            # Gone, or written with a pool it was not enrolled in (the partition key cannot change).
+            raise Conflict(f"factory {factory.id}: not found in pool {factory.pool}") from exc
+        return Factory.from_doc(body)
+
+    def list_factories(self, pool: str | None = None) -> builtins.list[Factory]:
+        container = self._factories_container()
+        if pool is None:
+            rows = self._query(container, "SELECT * FROM c ORDER BY c.id", {})
+        else:
+            rows = self._query(container, "SELECT * FROM c WHERE c.pool = @pool ORDER BY c.id", {"@pool": pool},
+                               partition_key=pool)
+        return [Factory.from_doc(r) for r in rows]
+
+    # -- shadow-mode comparison ------------------------------------------------------------------
+
+    def record_shadow(self, job_id: str, attempt: int, side: str, pool: str, at: datetime) -> None:
+        # Create, never upsert: a replayed delivery must not move the first record's time, which
+        # is what the report's grace period is measured from.
+        doc = {"id": f"shadow:{job_id}:{attempt}:{side}", "type": SHADOW_TYPE, "job_id": job_id,
+               "attempt": attempt, "side": side, "pool": pool, "at": to_iso(at)}
+        self._count("write")
+        try:
+            self._pools.create_item(doc)
+        except CosmosResourceExistsError:
+            pass
+
+    def shadow_records(self, limit: int = 10_000) -> builtins.list[dict[str, object]]:
+        rows = self._query(
+            self._pools,
+            "SELECT TOP @n c.job_id, c.attempt, c.side, c.pool, c.at FROM c WHERE c.type = @type ORDER BY c.at DESC",
+            {"@n": limit, "@type": SHADOW_TYPE},
+        )
+        return [{"job_id": r["job_id"], "attempt": r["attempt"], "side": r["side"], "pool": r["pool"], "at": r["at"]}
+                for r in rows]
+
     # -- plumbing ------------------------------------------------------------------------------
 
     def _count(self, kind: str) -> None:
@@ -282,6 +370,15 @@ class CosmosJobStore:
     def _find(self, job_id: str) -> Job | None:
         rows = self._query(self._jobs, "SELECT * FROM c WHERE c.id = @id", {"@id": job_id})
         return Job.from_doc(rows[0]) if rows else None
+
+    def _factories_container(self) -> ContainerProxy:
+        if self._factories is None:
+            raise RuntimeError("this store was built without the factories container")
+        return self._factories
+
+    def _find_factory(self, factory_id: str) -> Factory | None:
+        rows = self._query(self._factories_container(), "SELECT * FROM c WHERE c.id = @id", {"@id": factory_id})
+        return Factory.from_doc(rows[0]) if rows else None
 
     def _point_read(self, container: ContainerProxy, item_id: str, pk: str, *, pk_field: str) -> dict[str, Any] | None:
         self._count("read")
@@ -309,12 +406,13 @@ class CosmosJobStore:
 
 
 def provision(client: CosmosClient, database_name: str = DEFAULT_DATABASE) -> DatabaseProxy:
-    """Create the database and both containers when missing (emulators and tests only)."""
+    """Create the database and the store's containers when missing (emulators and tests only)."""
     database = client.create_database_if_not_exists(database_name)
     database.create_container_if_not_exists(
         JOBS_CONTAINER, partition_key=PartitionKey(path="/pool"), indexing_policy=JOBS_INDEXING_POLICY
     )
     database.create_container_if_not_exists(POOLS_CONTAINER, partition_key=PartitionKey(path="/id"))
+    database.create_container_if_not_exists(FACTORIES_CONTAINER, partition_key=PartitionKey(path="/pool"))
     return database
 
 

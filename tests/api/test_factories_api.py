@@ -249,3 +249,34 @@ def test_shadow_mode_reports_agreement_and_divergence(tmp_path: Path) -> None:
         assert report["compared"] == 5 and report["agreement_rate"] == 0.6
     finally:
         fleet.runtime.engine.close()
+
+
+def test_an_undelivered_release_returns_to_the_queue_when_poll_mode_takes_over(broker: Fleet) -> None:
+    from gigafactory.services import relay
+
+    _, creds = broker.enroll()
+    job_id = broker.submit()
+    broker.runtime.pump()
+    assert broker.status(job_id) == "dispatched"  # released for broker delivery, nobody took it yet
+    broker.runtime.services.dispatch_mode = "poll"  # the deployment switches to poll mode
+    job = broker.runtime.store.get(job_id)
+    assert job is not None
+    relay.handle_changes(broker.runtime.services, [job])
+    job = broker.runtime.store.get(job_id)
+    assert job is not None and (job.status, job.attempt) == ("queued", 1)
+    assert broker.runtime.store.get_capacity(FLEET).inflight == {}
+    leased = broker.http.post(f"/api/pools/{FLEET}/lease", json={}, headers=creds)
+    assert leased.status_code == 200 and leased.json()["job_id"] == job_id
+
+
+def test_a_leased_job_is_not_returned_to_the_queue(poll: Fleet) -> None:
+    from gigafactory.services import relay
+
+    _, creds = poll.enroll()
+    job_id = poll.submit()
+    poll.runtime.pump()
+    assert poll.http.post(f"/api/pools/{FLEET}/lease", json={}, headers=creds).status_code == 200
+    job = poll.runtime.store.get(job_id)
+    assert job is not None and job.factory_id is not None
+    relay.handle_changes(poll.runtime.services, [job])
+    assert poll.status(job_id) == "dispatched"

@@ -350,3 +350,21 @@ def test_wait_for_message_wakes_when_a_scheduled_message_falls_due(tmp_path: Pat
         assert real_time.wait_for_message("q", QUEUE_SUBSCRIPTION, timeout=5) is True
         assert 0.1 <= time.monotonic() - began < 1
         assert len(real_time.receive("q", QUEUE_SUBSCRIPTION)) == 1
+
+
+def test_release_locks_makes_a_dead_predecessors_messages_deliverable_at_once(tmp_path: Path) -> None:
+    from gigafactory.local.clock import FakeClock
+
+    clock = FakeClock(datetime(2026, 1, 1, tzinfo=UTC))
+    first = LocalBus(tmp_path / "bus.db", clock)
+    first.create_subscription("dispatch", "launcher")
+    first.publish("dispatch", BusMessage("m-1", {"n": 1}))
+    (held,) = first.receive("dispatch", "launcher")
+    first.close()  # the process died holding the lock
+
+    second = LocalBus(tmp_path / "bus.db", clock)
+    assert second.receive("dispatch", "launcher") == []  # still locked for its full duration
+    assert second.release_locks() == 1
+    (again,) = second.receive("dispatch", "launcher")
+    assert again.message_id == "m-1" and again.delivery_count == held.delivery_count + 1
+    second.close()
