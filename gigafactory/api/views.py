@@ -28,7 +28,7 @@ def summary_view(job: Job, now: datetime) -> dict[str, Any]:
         "pool": job.pool,
         "product": job.product,
         "priority": job.priority,
-        "title": job.manifest.title if job.manifest else None,
+        "title": job.title,
         "submitted_at": job.to_doc()["submitted_at"],
         "score": round(job.score_at(now).total, 3),
         "status_url": f"/api/jobs/{job.id}",

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import base64
 import builtins
+import contextlib
 import json
 import os
 import threading
@@ -344,10 +345,8 @@ class CosmosJobStore:
         doc = {"id": f"shadow:{job_id}:{attempt}:{side}", "type": SHADOW_TYPE, "job_id": job_id,
                "attempt": attempt, "side": side, "pool": pool, "at": to_iso(at)}
         self._count("write")
-        try:
+        with contextlib.suppress(CosmosResourceExistsError):
             self._pools.create_item(doc)
-        except CosmosResourceExistsError:
-            pass
 
     def shadow_records(self, limit: int = 10_000) -> builtins.list[dict[str, object]]:
         rows = self._query(

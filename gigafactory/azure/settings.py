@@ -20,6 +20,8 @@ SETTINGS: dict[str, str] = {
     "GIGAFACTORY_DISPATCH_MODE": "poll | shadow | broker (default broker)",
     "GIGAFACTORY_POOLS_FILE": "optional path of the pools JSON (default: the packaged gigafactory/pools.json)",
     "GIGAFACTORY_TOKEN_SECRET": "attempt-token signing secret (a Key Vault reference in Azure)",
+    "GIGAFACTORY_ENROLLMENT_SECRET": "secret standing factories present to enroll; unset, enrollment is refused "
+                                     "(a Key Vault reference in Azure)",
     "GIGAFACTORY_COORDINATOR_URL": "the public base URL factories call back (https://<app>.azurewebsites.net)",
     "GIGAFACTORY_API_TOKEN": "optional bearer token required on operator routes in addition to the function key",
     "COSMOS__accountEndpoint": "Cosmos DB account endpoint (identity-based connection)",
@@ -54,8 +56,9 @@ def build_services(env: Mapping[str, str]) -> Services:
     if not secret:
         raise ValueError("GIGAFACTORY_TOKEN_SECRET: required (a Key Vault reference in Azure)")
     pools = load_pools(env.get("GIGAFACTORY_POOLS_FILE") or None)
+    store = CosmosJobStore.from_settings(env)
     return Services(
-        store=CosmosJobStore.from_settings(env),
+        store=store,
         pools=pools,
         clock=SystemClock(),
         token_secret=secret.encode(),
@@ -64,6 +67,9 @@ def build_services(env: Mapping[str, str]) -> Services:
         launcher=ContainerAppsLauncher.from_settings(env, pools),
         blobs=BlobClaimStore.from_settings(env),
         dispatch_mode=mode,
+        factories=store,
+        shadow_log=store,
+        enrollment_secret=env.get("GIGAFACTORY_ENROLLMENT_SECRET") or None,
     )
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from gigafactory.domain import scoring
-from gigafactory.domain.manifest import Manifest
+from gigafactory.domain.manifest import Manifest, Retry, Timeouts
 from gigafactory.domain.states import IN_FLIGHT, TERMINAL, IllegalTransition, Status, can_transition
 from gigafactory.domain.timefmt import UtcDatetime
 
@@ -64,6 +64,11 @@ class Job(BaseModel):
     priority: str
     status: Status = Status.QUEUED
     attempt: int = 1
+    title: str = ""
+    profile: str = "echo"
+    # Copied from the manifest so timers and retries never need the (possibly claim-checked) manifest.
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+    retry: Retry = Field(default_factory=Retry)
     manifest: Manifest | None = None
     manifest_ref: ManifestRef | None = None
     idempotency_key: str | None = None
@@ -124,7 +129,8 @@ def new_job(*, job_id: str, manifest: Manifest, pool: str, now: datetime, store_
             manifest_ref: ManifestRef | None = None) -> Job:
     key = scoring.sort_key(priority=manifest.priority, submitted_at=now, deadline=manifest.deadline, attempt=1)
     return Job(
-        id=job_id, pool=pool, product=manifest.product, priority=manifest.priority,
+        id=job_id, pool=pool, product=manifest.product, priority=manifest.priority, title=manifest.title,
+        profile=manifest.agent.profile, timeouts=manifest.timeouts, retry=manifest.retry,
         manifest=manifest if store_manifest else None, manifest_ref=manifest_ref,
         idempotency_key=manifest.idempotency_key, sort_key=key, submitted_at=now, due_at=now,
         deadline=manifest.deadline, labels=manifest.labels,

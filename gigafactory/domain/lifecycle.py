@@ -26,9 +26,7 @@ class Step:
 
 def attempt_deadline(job: Job) -> tuple[datetime, str] | None:
     """The instant the current attempt times out, with the reason it would give."""
-    manifest_timeouts = job.manifest.timeouts if job.manifest else None
-    if manifest_timeouts is None:
-        return None
+    manifest_timeouts = job.timeouts
     if job.status in (Status.DISPATCHED, Status.LAUNCHING) and job.dispatched_at is not None:
         start = max(job.dispatched_at, job.due_at)
         return start + timedelta(seconds=manifest_timeouts.schedule_to_start_seconds), "schedule_to_start_timeout"

@@ -139,10 +139,19 @@ def run(cfg: RunConfig, *, on_claimed: Callable[[], None] | None = None, handle_
         except (subprocess.SubprocessError, OSError) as exc:
             log.error("clone failed", extra={"job_id": cfg.job_id, "attempt": cfg.attempt, "error": str(exc)})
             return _report(client, cfg, 128, log_path, result_file, cancelled=False)
+    task_file = workspace / "task.md"
+    task_file.write_text(str(claim.get("task", "")), encoding="utf-8")
     env = {**{k: v for k, v in os.environ.items() if k != "GIGAFACTORY_ATTEMPT_TOKEN"},
+           "GIGAFACTORY_TASK_FILE": str(task_file),
            "GIGAFACTORY_RESULT_FILE": str(result_file), "GIGAFACTORY_WORKSPACE": str(workspace),
            "GIGAFACTORY_JOB_ID": cfg.job_id, "GIGAFACTORY_ATTEMPT": str(cfg.attempt)}
-    agent = AgentProcess(list(claim["argv"]), cwd, env, log_path, cfg.kill_grace_seconds)
+    try:
+        agent = AgentProcess(list(claim["argv"]), cwd, env, log_path, cfg.kill_grace_seconds)
+    except OSError as exc:  # not installed, not executable, argv too long for the kernel ...
+        with log_path.open("a", encoding="utf-8") as out:
+            out.write(f"agent could not start: {exc}\n")
+        log.error("agent could not start", extra={"job_id": cfg.job_id, "attempt": cfg.attempt, "error": str(exc)})
+        return _report(client, cfg, 127, log_path, result_file, cancelled=False)
     log.info("agent started", extra={"job_id": cfg.job_id, "attempt": cfg.attempt, "pid": agent.proc.pid})
     cancelled = threading.Event()
     done = threading.Event()

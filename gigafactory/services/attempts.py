@@ -57,9 +57,8 @@ def claim(svc: Services, job_id: str, attempt: int, token: str | None, req: Clai
             raise StaleAttempt(f"job {job_id}: attempt {attempt} is already claimed by another holder")
         if job.attempt == attempt and job.status not in (Status.DISPATCHED, Status.LAUNCHING):
             raise StaleAttempt(f"job {job_id}: attempt {attempt} is {job.status}; nothing to claim")
-        manifest = load_manifest(svc, job)
         claimed = J.claim(job, attempt, holder=req.holder, token_sha256=fingerprint,
-                          lease_seconds=manifest.timeouts.heartbeat_seconds, now=svc.clock.now())
+                          lease_seconds=job.timeouts.heartbeat_seconds, now=svc.clock.now())
         if req.holder.startswith("f-") and claimed.factory_id is None:
             claimed = claimed.model_copy(update={"factory_id": req.holder})
             claimed.etag = job.etag
@@ -74,6 +73,7 @@ def claim(svc: Services, job_id: str, attempt: int, token: str | None, req: Clai
         "job_id": job.id,
         "attempt": job.attempt,
         "argv": profile.render(manifest.task, manifest.agent.args),
+        "task": manifest.task,
         "repo": manifest.repo.model_dump() if manifest.repo else None,
         "heartbeat_seconds": manifest.timeouts.heartbeat_seconds,
         "lease_expires_at": job.to_doc()["lease"]["expires_at"],
@@ -94,8 +94,7 @@ def heartbeat(svc: Services, job_id: str, attempt: int, token: str | None) -> di
 
     def change(job: Job) -> Job:
         _holds_lease(job, attempt, fingerprint)
-        manifest = load_manifest(svc, job)
-        return J.heartbeat(job, attempt, lease_seconds=manifest.timeouts.heartbeat_seconds, now=svc.clock.now())
+        return J.heartbeat(job, attempt, lease_seconds=job.timeouts.heartbeat_seconds, now=svc.clock.now())
 
     job = update_job(svc.store, job_id, change)
     return {"cancel": job.cancel_requested, "status": job.status.value,
@@ -115,8 +114,7 @@ def complete(svc: Services, job_id: str, attempt: int, token: str | None, req: C
                 and job.status in (Status.SUCCEEDED, Status.ATTEMPT_FAILED, Status.FAILED)):
             return None  # a repeated report (the answer to the first was lost)
         _holds_lease(job, attempt, fingerprint)
-        manifest = load_manifest(svc, job)
-        profile = svc.pools.get(job.pool).profiles.get(manifest.agent.profile)
+        profile = svc.pools.get(job.pool).profiles.get(job.profile)
         retryable = profile.is_retryable(req.exit_code) if profile else False
         return J.complete(job, attempt, result, retryable=retryable, now=svc.clock.now())
 

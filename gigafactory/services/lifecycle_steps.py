@@ -18,7 +18,6 @@ from gigafactory.logs import job_fields
 from gigafactory.services import scheduler
 from gigafactory.services.context import Services
 from gigafactory.services.mutate import update_job
-from gigafactory.services.submit import load_manifest
 
 log = logging.getLogger("gigafactory.lifecycle")
 # Timers may fire a little early on some hosts; never expire before the deadline has passed.
@@ -62,7 +61,7 @@ def retry_or_fail(svc: Services, job_id: str, attempt: int) -> dict[str, Any]:
         if job.cancel_requested:
             return J.finalize_cancel(job, now)
         reason = (job.result.reason if job.result else None) or "failed"
-        d = retry.decide(load_manifest(svc, job).retry, job_id=job.id, attempt=attempt, reason=reason)
+        d = retry.decide(job.retry, job_id=job.id, attempt=attempt, reason=reason)
         decision[:] = [d]
         if d.retry:
             return J.requeue(job, delay_seconds=d.delay_seconds, now=now, reason=f"retry after {reason}")

@@ -170,3 +170,23 @@ def test_the_local_api_token_is_generated_and_private(tmp_path: Path) -> None:
             line for line in coord.log.read_text().splitlines() if line.startswith("{"))  # never in JSON logs
     finally:
         coord.close()
+
+
+def test_a_large_manifest_is_claim_checked_and_still_runs(coordinator: LocalCoordinator) -> None:
+    task = "large task " + "x" * 300_000 + " end-marker"
+    script = 'wc -c < "$GIGAFACTORY_TASK_FILE"; tail -c 10 "$GIGAFACTORY_TASK_FILE"'
+    job_id = coordinator.submit(task=task, **shell(script, timeouts={"heartbeat_seconds": 30}))
+    stored = coordinator.job(job_id)
+    assert stored["manifest"] is None
+    assert stored["manifest_ref"]["size"] > 300_000 and len(stored["manifest_ref"]["sha256"]) == 64
+    job = coordinator.wait_terminal(job_id)
+    assert job["status"] == "succeeded"
+    assert job["result"]["summary"].split() == [str(len(task)), "end-marker"]  # the whole task arrived
+
+
+def test_an_agent_that_cannot_start_is_reported_not_stranded(coordinator: LocalCoordinator) -> None:
+    # The echo profile passes the task as one argv element; Linux refuses one over 128 KiB.
+    job_id = coordinator.submit(task="y" * 200_000, retry={"max_attempts": 1})
+    job = coordinator.wait_terminal(job_id, timeout=30)
+    assert (job["status"], job["result"]["exit_code"]) == ("failed", 127)
+    assert "agent could not start" in job["result"]["summary"]
