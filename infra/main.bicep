@@ -47,7 +47,11 @@ param factoryImage string = ''
 @description('HMAC key that signs attempt tokens. Generated at deploy time; only written to Key Vault when writeTokenSecret is true.')
 param tokenSecret string = '${newGuid()}${newGuid()}'
 
-@description('Write tokenSecret to Key Vault. The azd hooks turn this off after the first provision so that later provisions keep the key (and the tokens factories hold) valid.')
+@secure()
+@description('Secret standing factories present to enroll. Generated at deploy time; only written to Key Vault when writeTokenSecret is true.')
+param enrollmentSecret string = '${newGuid()}${newGuid()}'
+
+@description('Write tokenSecret and enrollmentSecret to Key Vault. The azd hooks turn this off after the first provision so that later provisions keep both secrets (and the tokens factories hold) valid.')
 param writeTokenSecret bool = true
 
 @description('Create the Event Grid subscription to submit_from_event_grid. It needs the function code deployed first, so the azd postdeploy hook turns it on.')
@@ -148,6 +152,9 @@ module keyvault 'app/keyvault.bicep' = {
     name: '${abbrs.keyVaultVaults}${resourceToken}'
     tokenSecret: tokenSecret
     writeTokenSecret: writeTokenSecret
+    enrollmentSecret: enrollmentSecret
+    // The same flag as the signing key: the first provision writes both, later ones keep both.
+    writeEnrollmentSecret: writeTokenSecret
   }
 }
 
@@ -185,9 +192,10 @@ module api 'app/api.bicep' = {
     databaseName: databaseName
     serviceBusFullyQualifiedNamespace: messaging.outputs.fullyQualifiedNamespace
     tokenSecretUri: keyvault.outputs.tokenSecretUri
+    enrollmentSecretUri: keyvault.outputs.enrollmentSecretUri
     dispatchMode: dispatchMode
   }
-  // The host resolves identity connections and the Key Vault reference at start; grant first.
+  // The host resolves identity connections and the Key Vault references at start; grant first.
   dependsOn: [
     rbac
   ]

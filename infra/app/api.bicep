@@ -27,6 +27,7 @@ param cosmosEndpoint string
 param databaseName string = 'gigafactory'
 param serviceBusFullyQualifiedNamespace string
 param tokenSecretUri string
+param enrollmentSecretUri string
 
 @allowed([
   'poll'
@@ -125,6 +126,7 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     GIGAFACTORY_BLOB_ACCOUNT_URL: storage.properties.primaryEndpoints.blob
     GIGAFACTORY_BLOB_CONTAINER: artifactsContainerName
     GIGAFACTORY_TOKEN_SECRET: '@Microsoft.KeyVault(SecretUri=${tokenSecretUri})'
+    GIGAFACTORY_ENROLLMENT_SECRET: '@Microsoft.KeyVault(SecretUri=${enrollmentSecretUri})'
     GIGAFACTORY_COORDINATOR_URL: 'https://${functionApp.properties.defaultHostName}'
     CONTAINERAPPS_SUBSCRIPTION_ID: subscription().subscriptionId
     CONTAINERAPPS_RESOURCE_GROUP: resourceGroup().name

@@ -1,4 +1,5 @@
-"""One contract for every ``JobStore``: the same tests run unchanged on SQLite and on Cosmos DB.
+"""One contract for every ``JobStore`` (and for the ``FactoryStore`` and ``ShadowLog`` the same
+stores implement): the same tests run unchanged on SQLite and on Cosmos DB.
 
 The services' own tests run on the embedded store, so anything the Cosmos store did differently
 through the port would first show up in Azure. These tests are what keeps the two interchangeable.
@@ -7,26 +8,31 @@ through the port would first show up in Azure. These tests are what keeps the tw
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
-from azure.cosmos import CosmosClient
+from azure.cosmos import ContainerProxy, CosmosClient, DatabaseProxy, PartitionKey
 
 from gigafactory.azure.cosmos_store import (
     CONNECTION_SETTING,
     DATABASE_SETTING,
     ENDPOINT_SETTING,
+    FACTORIES_CONTAINER,
     JOBS_CONTAINER,
     CosmosJobStore,
 )
+from gigafactory.domain import factories as F
+from gigafactory.domain.factories import Factory, FactoryStatus
 from gigafactory.domain.job import Job, new_job, release
 from gigafactory.domain.manifest import Manifest
 from gigafactory.domain.states import Status
+from gigafactory.domain.timefmt import to_iso
 from gigafactory.local.store import SqliteJobStore
-from gigafactory.ports import Capacity, Conflict, JobStore
+from gigafactory.ports import Capacity, Conflict, FactoryStore, JobStore, ShadowLog
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 
@@ -54,6 +60,36 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JobStore]:
     else:
         jobs, pools = request.getfixturevalue("cosmos_containers")
         yield CosmosJobStore(jobs, pools)
+
+
+class Registry(JobStore, FactoryStore, ShadowLog, Protocol):
+    """One store in all three roles, as both composition roots wire it (the shadow log shares
+    a container with pool capacity on Cosmos, so the two are tested side by side)."""
+
+
+@pytest.fixture
+def cosmos_factories(cosmos_database: DatabaseProxy) -> Iterator[ContainerProxy]:
+    """A fresh ``factories`` container for one test, partitioned as infra partitions it."""
+    container = cosmos_database.create_container(f"factories-{uuid.uuid4().hex[:8]}",
+                                                 partition_key=PartitionKey(path="/pool"))
+    yield container
+    cosmos_database.delete_container(container)
+
+
+@pytest.fixture(params=["sqlite", "cosmos"])
+def registry(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Registry]:
+    if request.param == "sqlite":
+        sqlite = SqliteJobStore(tmp_path / "jobs.db")
+        yield sqlite
+        sqlite.close()
+    else:
+        jobs, pools = request.getfixturevalue("cosmos_containers")
+        yield CosmosJobStore(jobs, pools, request.getfixturevalue("cosmos_factories"))
+
+
+def make_factory(factory_id: str, *, pool: str = "alpha", name: str | None = None, slots: int = 2) -> Factory:
+    return Factory(id=factory_id, pool=pool, name=name or f"host {factory_id}", slots=slots,
+                   credential_sha256="0" * 64, enrolled_at=T0, last_heartbeat_at=T0)
 
 
 def ops(store: JobStore) -> dict[str, int]:
@@ -356,6 +392,130 @@ def test_operations_are_counted_by_kind(store: JobStore) -> None:
     assert delta(after_write, after_query) == {"query": 1}
 
 
+# -- standing factories ------------------------------------------------------------------------------
+
+
+def factory_ids(factories: list[Factory]) -> list[str]:
+    return [f.id for f in factories]
+
+
+def test_factory_create_returns_it_with_an_etag_and_get_finds_it_by_id_alone(registry: Registry) -> None:
+    factory = make_factory("f-1", pool="beta")
+    stored = registry.create_factory(factory)
+    assert stored.etag
+    assert stored.to_doc() == factory.to_doc()
+    read = registry.get_factory("f-1")
+    assert read is not None
+    assert read.to_doc() == factory.to_doc() and read.etag == stored.etag
+
+
+def test_factories_are_listed_by_id_all_or_of_one_pool(registry: Registry) -> None:
+    for factory_id, pool in [("f-3", "alpha"), ("f-1", "beta"), ("f-2", "alpha"), ("f-4", "beta")]:
+        registry.create_factory(make_factory(factory_id, pool=pool))
+    assert factory_ids(registry.list_factories()) == ["f-1", "f-2", "f-3", "f-4"]
+    assert factory_ids(registry.list_factories("alpha")) == ["f-2", "f-3"]
+    assert factory_ids(registry.list_factories("beta")) == ["f-1", "f-4"]
+    assert registry.list_factories("gamma") == []
+    assert all(f.etag for f in registry.list_factories())
+
+
+def test_factory_replace_with_the_current_etag_writes_and_a_stale_one_conflicts(registry: Registry) -> None:
+    stored = registry.create_factory(make_factory("f-1"))
+    beat = registry.replace_factory(F.heartbeat(stored, ["j-1"], T0 + timedelta(seconds=15)))
+    assert beat.etag and beat.etag != stored.etag
+    assert beat.running == ["j-1"] and beat.last_heartbeat_at == T0 + timedelta(seconds=15)
+
+    with pytest.raises(Conflict):
+        registry.replace_factory(F.drain(stored))
+    read = registry.get_factory("f-1")
+    assert read is not None
+    assert read.status is FactoryStatus.ACTIVE and read.running == ["j-1"] and read.etag == beat.etag
+
+    drained = registry.replace_factory(F.drain(read))
+    assert drained.status is FactoryStatus.DRAINING
+    final = registry.get_factory("f-1")
+    assert final is not None and final.status is FactoryStatus.DRAINING and final.etag == drained.etag
+
+
+def test_factory_replace_without_an_etag_or_of_a_missing_factory_conflicts(registry: Registry) -> None:
+    stored = registry.create_factory(make_factory("f-1"))
+    blind = F.retire(stored)
+    blind.etag = None
+    with pytest.raises(Conflict):
+        registry.replace_factory(blind)
+    ghost = make_factory("f-ghost")
+    ghost.etag = stored.etag
+    with pytest.raises(Conflict):
+        registry.replace_factory(ghost)
+    read = registry.get_factory("f-1")
+    assert read is not None and read.status is FactoryStatus.ACTIVE
+    assert registry.get_factory("f-ghost") is None
+
+
+def test_factory_create_with_an_existing_id_conflicts_in_any_pool(registry: Registry) -> None:
+    registry.create_factory(make_factory("f-1", pool="alpha", name="first"))
+    for pool in ("alpha", "beta"):
+        with pytest.raises(Conflict):
+            registry.create_factory(make_factory("f-1", pool=pool, name="second"))
+    read = registry.get_factory("f-1")
+    assert read is not None and (read.pool, read.name) == ("alpha", "first")
+    assert factory_ids(registry.list_factories()) == ["f-1"]
+
+
+def test_get_missing_factory_is_none(registry: Registry) -> None:
+    assert registry.get_factory("f-nope") is None
+    registry.create_factory(make_factory("f-1"))
+    assert registry.get_factory("f-nope") is None
+
+
+# -- shadow log --------------------------------------------------------------------------------------
+
+
+def test_shadow_records_are_idempotent_per_side_and_newest_first(registry: Registry) -> None:
+    assert registry.shadow_records() == []
+    registry.record_shadow("j-1", 1, "poll", "alpha", T0)
+    registry.record_shadow("j-1", 1, "broker", "alpha", T0 + timedelta(seconds=2))
+    registry.record_shadow("j-1", 2, "poll", "alpha", T0 + timedelta(seconds=1))
+    registry.record_shadow("j-2", 1, "broker", "beta", T0 + timedelta(seconds=3))
+    # A replayed delivery of the same side: neither its pool nor its time replaces the first.
+    registry.record_shadow("j-1", 1, "poll", "beta", T0 + timedelta(seconds=5))
+
+    def rec(job_id: str, attempt: int, side: str, pool: str, seconds: int) -> dict[str, object]:
+        return {"job_id": job_id, "attempt": attempt, "side": side, "pool": pool,
+                "at": to_iso(T0 + timedelta(seconds=seconds))}
+
+    expected = [rec("j-2", 1, "broker", "beta", 3), rec("j-1", 1, "broker", "alpha", 2),
+                rec("j-1", 2, "poll", "alpha", 1), rec("j-1", 1, "poll", "alpha", 0)]
+    assert registry.shadow_records() == expected
+    assert registry.shadow_records(limit=2) == expected[:2]
+
+
+def test_shadow_records_leave_pool_capacity_alone(registry: Registry) -> None:
+    registry.record_shadow("j-1", 1, "poll", "alpha", T0)
+    capacity = registry.get_capacity("alpha")
+    assert (capacity.inflight, capacity.etag) == ({}, None)
+    created = registry.replace_capacity(Capacity(pool="alpha", inflight={"j-1": {"attempt": 1}}))
+    assert created.etag
+    assert [r["job_id"] for r in registry.shadow_records()] == ["j-1"]
+
+
+def test_factory_and_shadow_operations_are_counted(registry: Registry) -> None:
+    stored = registry.create_factory(make_factory("f-0"))
+    calls: list[tuple[str, Callable[[], object]]] = [
+        ("create_factory", lambda: registry.create_factory(make_factory("f-1"))),
+        ("get_factory", lambda: registry.get_factory("f-1")),
+        ("replace_factory", lambda: registry.replace_factory(F.drain(stored))),
+        ("list_factories", lambda: registry.list_factories("alpha")),
+        ("record_shadow", lambda: registry.record_shadow("j-1", 1, "poll", "alpha", T0)),
+        ("shadow_records", lambda: registry.shadow_records()),
+    ]
+    for name, call in calls:
+        before = sum(ops(registry).values())
+        call()
+        assert sum(ops(registry).values()) > before, name
+    assert set(ops(registry)) <= {"read", "write", "query"}
+
+
 # -- Cosmos only: configuration and document shape ----------------------------------------------------
 
 
@@ -374,8 +534,25 @@ def test_cosmos_store_from_a_local_connection_string_provisions_what_it_needs(
         assert Job.from_doc(dict(raw)).etag == stored.etag
         again = CosmosJobStore.from_settings({CONNECTION_SETTING: cosmos_connection_string, DATABASE_SETTING: database})
         assert again.get("j-1") is not None
+
+        enrolled = store.create_factory(make_factory("f-1"))
+        raw = cosmos_client.get_database_client(database).get_container_client(FACTORIES_CONTAINER).read_item(
+            "f-1", partition_key="alpha")
+        assert {k: v for k, v in raw.items() if not k.startswith("_")} == make_factory("f-1").to_doc()
+        found = again.get_factory("f-1")
+        assert found is not None and found.etag == enrolled.etag
     finally:
         cosmos_client.delete_database(database)
+
+
+def test_cosmos_store_built_without_the_factories_container_says_so(
+    cosmos_containers: tuple[ContainerProxy, ContainerProxy]
+) -> None:
+    store = CosmosJobStore(*cosmos_containers)
+    with pytest.raises(RuntimeError, match="factories container"):
+        store.get_factory("f-1")
+    store.record_shadow("j-1", 1, "poll", "alpha", T0)
+    assert len(store.shadow_records()) == 1
 
 
 def test_cosmos_store_without_settings_names_both_ways_to_configure_it() -> None:

@@ -90,6 +90,7 @@ REQUIRED_APP_SETTINGS = {
     "GIGAFACTORY_BLOB_ACCOUNT_URL",
     "GIGAFACTORY_BLOB_CONTAINER",
     "GIGAFACTORY_TOKEN_SECRET",
+    "GIGAFACTORY_ENROLLMENT_SECRET",
     "GIGAFACTORY_COORDINATOR_URL",
     "CONTAINERAPPS_SUBSCRIPTION_ID",
     "CONTAINERAPPS_RESOURCE_GROUP",
@@ -565,7 +566,8 @@ def test_parameters_file_matches_main() -> None:
     assert required <= set(mapped), required - set(mapped)
     assert mapped["environmentName"]["value"] == "${AZURE_ENV_NAME}"
     assert mapped["location"]["value"] == "${AZURE_LOCATION}"
-    assert "tokenSecret" not in mapped, "the signing key is generated, never written down"
+    for secret in ("tokenSecret", "enrollmentSecret"):
+        assert secret not in mapped, f"{secret} is generated, never written down"
 
 
 def test_abbreviations_cover_every_use() -> None:
@@ -918,6 +920,7 @@ def test_every_setting_the_code_reads_is_set() -> None:
     assert settings["GIGAFACTORY_BLOB_CONTAINER"] == "artifactsContainerName"
     assert settings["GIGAFACTORY_DISPATCH_MODE"] == "dispatchMode"
     assert settings["GIGAFACTORY_TOKEN_SECRET"] == "@Microsoft.KeyVault(SecretUri=${tokenSecretUri})"
+    assert settings["GIGAFACTORY_ENROLLMENT_SECRET"] == "@Microsoft.KeyVault(SecretUri=${enrollmentSecretUri})"
     assert settings["GIGAFACTORY_COORDINATOR_URL"] == "https://${functionApp.properties.defaultHostName}"
     assert settings["APPLICATIONINSIGHTS_AUTHENTICATION_STRING"] == "ClientId=${identityClientId};Authorization=AAD"
     api = parse(INFRA / "app" / "api.bicep")["parameters"]
@@ -942,14 +945,37 @@ def test_no_setting_carries_a_secret() -> None:
     assert app.properties["httpsOnly"] is True
 
 
-def test_the_signing_key_is_generated_and_kept_in_key_vault() -> None:
-    token = parse(MAIN)["parameters"]["tokenSecret"]
-    assert {"type": "secure"} in token["decorators"]
-    assert "newGuid()" in render(token["default"])
-    assert not re.fullmatch(r"'[^$]*'", render(token["default"])), "never a literal"
-    secret = one("Microsoft.KeyVault/vaults/secrets")
-    assert secret.properties["value"] == "tokenSecret"
-    assert secret.condition == "writeTokenSecret"
+# Each Key Vault secret: (main.bicep parameter, keyvault.bicep write flag, its output, app setting).
+KEY_VAULT_SECRETS = {
+    "tokenSecretName": ("tokenSecret", "writeTokenSecret", "tokenSecretUri", "GIGAFACTORY_TOKEN_SECRET"),
+    "enrollmentSecretName": ("enrollmentSecret", "writeEnrollmentSecret", "enrollmentSecretUri",
+                             "GIGAFACTORY_ENROLLMENT_SECRET"),
+}
+
+
+def test_the_secrets_are_generated_and_kept_in_key_vault() -> None:
+    secrets = {r.body["name"]: r for r in declared("Microsoft.KeyVault/vaults/secrets")}
+    assert set(secrets) == set(KEY_VAULT_SECRETS)
+    main = parse(MAIN)
+    passed = main["modules"]["keyvault"]["config"]["params"]
+    to_api = main["modules"]["api"]["config"]["params"]
+    outputs = parse(INFRA / "app" / "keyvault.bicep")["outputs"]
+    settings = app_settings()
+    for name, (param, flag, output, setting) in KEY_VAULT_SECRETS.items():
+        generated = main["parameters"][param]
+        assert {"type": "secure"} in generated["decorators"], param
+        assert "newGuid()" in render(generated["default"]), param
+        assert not re.fullmatch(r"'[^$]*'", render(generated["default"])), f"{param}: never a literal"
+        secret = secrets[name]
+        assert secret.properties["value"] == param
+        assert secret.condition == flag
+        assert render(passed[param]) == param
+        # One flag for both: the azd hooks turn it off after the first provision, so later
+        # provisions rotate neither the signing key nor the enrollment secret.
+        assert render(passed[flag]) == "writeTokenSecret", flag
+        assert outputs[output]["value"] == f"${{vault.properties.vaultUri}}secrets/${{{name}}}"
+        assert render(to_api[output]) == f"keyvault.outputs.{output}"
+        assert settings[setting] == f"@Microsoft.KeyVault(SecretUri=${{{output}}})", setting
 
 
 # --- roles ---------------------------------------------------------------------------------------
