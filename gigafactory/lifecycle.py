@@ -10,6 +10,7 @@ I/O, no clock but the context's.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Generator
 from typing import Any
 
@@ -18,6 +19,10 @@ import azure.durable_functions as df
 from gigafactory.domain.lifecycle import plan
 from gigafactory.services import lifecycle_steps
 from gigafactory.services.context import Services
+
+# Several job_changed events may reach one generation before it waits; the SDK keeps the last
+# and warns about the others. Each generation re-reads the job, so nothing is lost: not a fault.
+warnings.filterwarnings("ignore", message="Potential duplicate Task completion", category=UserWarning)
 
 ORCHESTRATOR = "job_lifecycle"
 EVENT = "job_changed"

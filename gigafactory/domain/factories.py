@@ -16,10 +16,10 @@ from pydantic import BaseModel, Field
 
 from gigafactory.domain.timefmt import UtcDatetime
 
-# A factory that has not heartbeaten for this long is offline; its attempts are recovered by
-# their lifecycle timers (heartbeat lease), not by the sweeper.
+# A factory that has not heartbeaten for this long (three missed beats) is offline; its attempts
+# are recovered by their lifecycle timers (heartbeat lease), not by the sweeper.
 OFFLINE_AFTER = timedelta(seconds=90)
-HEARTBEAT_SECONDS = 15
+HEARTBEAT_SECONDS = 30
 
 
 class FactoryStatus(StrEnum):

@@ -56,6 +56,7 @@ class StandingFactory:
         self._slot_freed = threading.Event()
         self.stop = threading.Event()
         self.idle_polls = 0
+        self.heartbeat_seconds = 30
 
     # -- enrollment and heartbeat ---------------------------------------------------------------
 
@@ -97,6 +98,7 @@ class StandingFactory:
             return
         if answer.status_code == 200:
             data = answer.json()
+            self.heartbeat_seconds = int(data.get("heartbeat_seconds", self.heartbeat_seconds))
             self.mode = data.get("dispatch_mode", self.mode)
             self.draining = bool(data.get("drain"))
         elif answer.status_code in (401, 403):
@@ -184,7 +186,7 @@ class StandingFactory:
     def serve(self) -> int:
         self.enroll()
         self.heartbeat()
-        beat = threading.Thread(target=self._heartbeat_loop, args=(15.0,), daemon=True)
+        beat = threading.Thread(target=self._heartbeat_loop, args=(float(self.heartbeat_seconds),), daemon=True)
         beat.start()
         while not self.stop.is_set():
             with self._lock:

@@ -442,6 +442,11 @@ class LocalBus:
                 )
             self._signal()
 
+    def interrupt(self) -> None:
+        """Wake every waiting receiver now (shutdown): they re-check why they wait."""
+        with self._lock:
+            self._signal()
+
     def release_locks(self) -> int:
         """Expire every lock now: for a process that owns the file alone and restarts, every
         lock belongs to its dead predecessor, so waiting out the lock duration gains nothing.

@@ -3,8 +3,9 @@
 In Azure a standing factory receives from its pool's Service Bus subscription directly; the
 embedded bus lives in the coordinator's process, so it is offered the same way Service Bus
 offers it — a long-polling receive with peek-lock, then complete or abandon — authenticated
-by the factory's credential and limited to the factory's own pool subscription. A waiting
-receive touches the bus only when something is published: it reads no store.
+by the factory's credential and limited to the factory's own pool subscription. A receive
+costs one point read of the factory record (the credential check); while it waits it touches
+nothing until something is published.
 """
 
 from __future__ import annotations

@@ -249,6 +249,7 @@ class Runtime:
         self._stop.set()
         self._changes.set()
         self._engine_wake.set()
+        self.bus.interrupt()
         for thread in self._threads:
             thread.join(timeout=5)
 

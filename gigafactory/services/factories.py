@@ -63,21 +63,23 @@ def authenticate(svc: Services, credential: str | None, factory_id: str | None =
     return factory
 
 
-def _update(svc: Services, factory_id: str, change: Any) -> Factory:
+def _update(svc: Services, factory_id: str, change: Any, current: Factory | None = None) -> Factory:
+    """Read-modify-write under the ETag; ``current`` (just read to authenticate) saves a read."""
     store = _store(svc)
     for _ in range(MAX_TRIES):
-        current = store.get_factory(factory_id)
+        current = current or store.get_factory(factory_id)
         if current is None:
             raise NotFound(f"factory {factory_id}: not found")
         try:
             return store.replace_factory(change(current))
         except Conflict:
+            current = None
             continue
     raise Conflict(f"factory {factory_id}: still contended")
 
 
 def heartbeat(svc: Services, factory: Factory, running: list[str]) -> dict[str, Any]:
-    updated = _update(svc, factory.id, lambda f: F.heartbeat(f, running, svc.clock.now()))
+    updated = _update(svc, factory.id, lambda f: F.heartbeat(f, running, svc.clock.now()), factory)
     return {"id": updated.id, "status": updated.status.value, "dispatch_mode": svc.dispatch_mode,
             "drain": updated.status is FactoryStatus.DRAINING, "heartbeat_seconds": F.HEARTBEAT_SECONDS}
 

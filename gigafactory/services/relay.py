@@ -99,9 +99,7 @@ def _return_to_queue(svc: Services, job: Job) -> None:
 
 
 def _releases_here(svc: Services, job: Job) -> bool:
-    """In poll mode standing factories lease queued work themselves; nothing is released."""
-    pool = svc.pools.get(job.pool)
-    return not (svc.dispatch_mode in ("poll", "shadow") and pool.launch_mode == "standing")
+    return scheduler.coordinator_releases(svc, job.pool)
 
 
 def _signal(svc: Services, job: Job) -> None:

@@ -24,9 +24,16 @@ log = logging.getLogger("gigafactory.scheduler")
 MAX_ROUNDS = 20
 
 
+def coordinator_releases(svc: Services, pool_name: str) -> bool:
+    """In poll and shadow mode standing factories lease queued work themselves."""
+    return not (svc.dispatch_mode in ("poll", "shadow") and svc.pools.get(pool_name).launch_mode == "standing")
+
+
 def release(svc: Services, pool_name: str) -> list[Job]:
     pool = svc.pools.get(pool_name)
     released: list[Job] = []
+    if not coordinator_releases(svc, pool_name):
+        return released
     for _ in range(MAX_ROUNDS):
         cap = svc.store.get_capacity(pool.name)
         free = pool.max_parallel - len(cap.inflight)
