@@ -54,7 +54,8 @@ def _react(svc: Services, job: Job) -> set[str]:
     """Returns the pools whose queue should be offered free capacity."""
     now = svc.clock.now()
     if job.status is Status.QUEUED:
-        scheduler.free_slots(svc, job.pool, [job.id], unless_attempt={job.id: job.attempt})
+        if job.attempt > 1 or len(job.history) > 1:  # a requeued job may still hold its old slot
+            scheduler.free_slots(svc, job.pool, [job.id], unless_attempt={job.id: job.attempt})
         if job.attempt > 1 or job.cancel_requested:
             _signal(svc, job)
         if not _releases_here(svc, job):
@@ -66,7 +67,7 @@ def _react(svc: Services, job: Job) -> set[str]:
         if job.factory_id is None and not _releases_here(svc, job):
             _return_to_queue(svc, job)
             return set()
-        scheduler.hold_slot(svc, job)
+        # The scheduler reserved its slot before releasing it; the sweeper repairs any gap.
         if job.factory_id is None and _releases_here(svc, job):  # a leased job is with its factory
             _publish_dispatch(svc, job)
         if svc.lifecycle is not None and not svc.lifecycle.start(job.id, lifecycle_payload(job)):

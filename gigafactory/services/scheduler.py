@@ -98,19 +98,3 @@ def free_slots(svc: Services, pool: str, job_ids: list[str], *, unless_attempt: 
             return
         except Conflict:
             continue
-
-
-def hold_slot(svc: Services, job: Job) -> None:
-    """Make sure an in-flight job is counted (recovery after a crash between the two writes)."""
-    for _ in range(MAX_ROUNDS):
-        cap = svc.store.get_capacity(job.pool)
-        entry = cap.inflight.get(job.id)
-        if entry is not None and entry.get("attempt") == job.attempt:
-            return
-        inflight = {**cap.inflight, job.id: {"attempt": job.attempt, "product": job.product,
-                                             "at": to_iso(svc.clock.now())}}
-        try:
-            svc.store.replace_capacity(Capacity(pool=job.pool, inflight=inflight, etag=cap.etag))
-            return
-        except Conflict:
-            continue
