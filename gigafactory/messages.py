@@ -84,7 +84,8 @@ def dispatch_message(job: Job, pool: Pool, now: datetime, *, shadow: bool = Fals
     if shadow:
         properties["shadow"] = "true"
     return BusMessage(
-        message_id=(ids.shadow_message_id if shadow else ids.dispatch_message_id)(job.id, job.attempt),
+        message_id=ids.shadow_message_id(job.id, job.attempt) if shadow
+        else ids.dispatch_message_id(job.id, job.attempt, job.resends),
         body={"job_id": job.id, "attempt": job.attempt, "pool": job.pool},
         application_properties=properties,
         scheduled_enqueue_time=scheduled,

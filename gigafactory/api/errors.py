@@ -14,6 +14,7 @@ from gigafactory.domain.factories import CredentialError
 from gigafactory.domain.job import StaleAttempt
 from gigafactory.domain.states import IllegalTransition
 from gigafactory.domain.tokens import TokenError
+from gigafactory.services.factories import NotTakingWork
 from gigafactory.services.mutate import NotFound
 from gigafactory.services.submit import InvalidRequest
 
@@ -38,6 +39,7 @@ SIMPLE: dict[type[Exception], tuple[int, str]] = {
     NotFound: (404, "not_found"),
     IllegalTransition: (409, "illegal_transition"),
     StaleAttempt: (409, "stale_attempt"),
+    NotTakingWork: (409, "not_taking_work"),
     CredentialError: (403, "forbidden"),
     TokenError: (403, "forbidden"),
 }

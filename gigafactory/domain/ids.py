@@ -15,8 +15,11 @@ def job_id_for_key(idempotency_key: str) -> str:
     return "k-" + hashlib.sha256(idempotency_key.encode()).hexdigest()[:32]
 
 
-def dispatch_message_id(job_id: str, attempt: int) -> str:
-    return f"{job_id}:{attempt}"
+def dispatch_message_id(job_id: str, attempt: int, resends: int = 0) -> str:
+    """``{job_id}:{attempt}``. An attempt's dispatch sent again — its message was consumed with
+    no claim to show for it, or its release went back to the queue on a switch to poll mode —
+    is ``{job_id}:{attempt}:r{n}``: under the original id, duplicate detection would swallow it."""
+    return f"{job_id}:{attempt}" if resends == 0 else f"{job_id}:{attempt}:r{resends}"
 
 
 def shadow_message_id(job_id: str, attempt: int) -> str:

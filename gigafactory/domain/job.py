@@ -83,6 +83,9 @@ class Job(BaseModel):
     execution: str | None = None
     factory_id: str | None = None
     cancel_requested: bool = False
+    # How often this attempt's dispatch was sent again (see ids.dispatch_message_id), and when last.
+    resends: int = 0
+    sent_at: UtcDatetime | None = None
     result: Result | None = None
     dead_letter: dict[str, Any] | None = None
     labels: dict[str, str] = Field(default_factory=dict)
@@ -139,7 +142,16 @@ def new_job(*, job_id: str, manifest: Manifest, pool: str, now: datetime, store_
 
 
 def release(job: Job, now: datetime) -> Job:
-    return _move(job, Status.DISPATCHED, now, dispatched_at=now)
+    return _move(job, Status.DISPATCHED, now, dispatched_at=now, sent_at=now)
+
+
+def resend(job: Job, now: datetime) -> Job:
+    """Not a status change: the attempt's dispatch goes out again under a new message id."""
+    if job.status is not Status.DISPATCHED or job.factory_id is not None or job.lease is not None:
+        raise IllegalTransition(job.id, job.status, Status.DISPATCHED)
+    updated = job.model_copy(update={"resends": job.resends + 1, "sent_at": now})
+    updated.etag = job.etag
+    return updated
 
 
 def return_to_queue(job: Job, now: datetime) -> Job:
@@ -147,7 +159,7 @@ def return_to_queue(job: Job, now: datetime) -> Job:
     if job.status is not Status.DISPATCHED or job.factory_id is not None or job.lease is not None:
         raise IllegalTransition(job.id, job.status, Status.QUEUED)
     return _move(job, Status.QUEUED, now, "undelivered release returned to the queue", dispatched_at=None,
-                 due_at=now)
+                 due_at=now, resends=job.resends + 1)
 
 
 def mark_launching(job: Job, attempt: int, execution: str, now: datetime) -> Job:
@@ -207,7 +219,7 @@ def requeue(job: Job, *, delay_seconds: float, now: datetime, reason: str) -> Jo
                            attempt=attempt)
     return _move(job, Status.QUEUED, now, reason, attempt=attempt, sort_key=key,
                  due_at=now + timedelta(seconds=delay_seconds), lease=None, execution=None,
-                 factory_id=None, dispatched_at=None, started_at=None, cancel_requested=False)
+                 factory_id=None, dispatched_at=None, started_at=None, cancel_requested=False, resends=0)
 
 
 def fail(job: Job, reason: str, now: datetime) -> Job:

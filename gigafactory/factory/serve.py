@@ -11,7 +11,6 @@ Draining: it finishes what it runs and takes nothing new.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -22,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from gigafactory.factory import runner
+from gigafactory.factory import runner, sources
 
 log = logging.getLogger("gigafactory.factory")
 MODE_HEADER = "X-Gigafactory-Dispatch-Mode"
@@ -57,6 +56,8 @@ class StandingFactory:
         self.stop = threading.Event()
         self.idle_polls = 0
         self.heartbeat_seconds = 30
+        self.source: sources.DispatchSource = sources.ServiceBusSource.from_env(cfg.pool) or sources.GatewaySource(
+            self.http, cfg.pool, lambda: self._auth, self._follow)
 
     # -- enrollment and heartbeat ---------------------------------------------------------------
 
@@ -132,36 +133,35 @@ class StandingFactory:
             self.running[job_id] = thread
         thread.start()
 
-    def _settle(self, lock_token: str, verb: str) -> None:
-        # On failure the lock expires and the broker redelivers; the handler fences the repeat.
-        with contextlib.suppress(httpx.TransportError):
-            self.http.post(f"/api/pools/{self.cfg.pool}/messages/{lock_token}/{verb}", headers=self._auth, timeout=15)
-
     def _follow(self, answer: httpx.Response) -> None:
         self.mode = answer.headers.get(MODE_HEADER, self.mode)
         if answer.headers.get(DRAIN_HEADER) == "true":
             self.draining = True
 
     def broker_round(self, free: int) -> None:
-        answer = self.http.post(f"/api/pools/{self.cfg.pool}/messages/receive", headers=self._auth,
-                                json={"max_messages": free, "wait_seconds": self.cfg.receive_wait_seconds})
-        if answer.status_code in (401, 403):
+        try:
+            deliveries = self.source.receive(free, self.cfg.receive_wait_seconds)
+        except sources.Refused:
             log.error("receive refused; stopping", extra={"factory_id": self.factory_id})
             self.stop.set()
             return
-        answer.raise_for_status()
-        self._follow(answer)
-        for msg in answer.json()["messages"]:
-            body = msg["body"]
+        for delivery in deliveries:
+            job_id, attempt = delivery.body.get("job_id"), delivery.body.get("attempt")
             grant = self.http.post(f"/api/factories/{self.factory_id}/attempts", headers=self._auth,
-                                   json={"job_id": body["job_id"], "attempt": body["attempt"]}, timeout=15)
-            if grant.status_code != 200:
-                # Stale (claimed, cancelled, newer attempt) or not ours: nothing to run.
-                self._settle(msg["lock_token"], "complete")
+                                   json={"job_id": job_id, "attempt": attempt}, timeout=15)
+            if grant.status_code == 409 and grant.json().get("error") == "not_taking_work":
+                self.draining = True
+                self.source.abandon(delivery)  # another factory of the pool takes it
                 continue
-            lock = msg["lock_token"]
-            self._start_attempt(body["job_id"], body["attempt"], grant.json()["token"],
-                                on_claimed=lambda lock=lock: self._settle(lock, "complete"))
+            if grant.status_code in (404, 409, 422):
+                # Stale (claimed, cancelled, newer attempt), unknown or malformed: nothing to run.
+                self.source.complete(delivery)
+                continue
+            if grant.status_code != 200:
+                self.source.abandon(delivery)  # a coordinator hiccup: let the broker redeliver it
+                continue
+            self._start_attempt(str(job_id), int(str(attempt)), grant.json()["token"],
+                                on_claimed=lambda d=delivery: self.source.complete(d))
 
     def poll_round(self) -> None:
         answer = self.http.post(f"/api/pools/{self.cfg.pool}/lease", headers=self._auth,

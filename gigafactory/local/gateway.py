@@ -3,13 +3,13 @@
 In Azure a standing factory receives from its pool's Service Bus subscription directly; the
 embedded bus lives in the coordinator's process, so it is offered the same way Service Bus
 offers it — a long-polling receive with peek-lock, then complete or abandon — authenticated
-by the factory's credential and limited to the factory's own pool subscription. A receive
-costs one point read of the factory record (the credential check); while it waits it touches
-nothing until something is published.
+by the factory's credential and limited to the factory's own pool subscription. While a
+receive waits it touches nothing until something is published.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -23,6 +23,7 @@ from gigafactory.domain.factories import CredentialError, Factory
 from gigafactory.local.bus import LocalBus, LockLost
 
 MAX_WAIT_SECONDS = 30.0
+AUTH_CACHE_SECONDS = 60.0
 
 
 class Receive(BaseModel):
@@ -43,8 +44,19 @@ def gateway_router(bus: LocalBus) -> APIRouter:
         return [{"lock_token": m.lock_token, "message_id": m.message_id, "body": m.body,
                  "delivery_count": m.delivery_count} for m in received]
 
+    known: dict[str, tuple[Factory, float]] = {}
+
     async def _check(request: Request, svc: Any, pool: str) -> Factory:
-        factory = await run_in_threadpool(calling_factory, request, svc)
+        # An idle factory long-polls twice a minute; re-reading its record each time would be
+        # the only store traffic of an idle fleet. A verified credential is trusted for a short
+        # while here; granting an attempt token always re-checks it against the store.
+        credential = request.headers.get("authorization", "")
+        cached = known.get(credential)
+        if cached is not None and cached[1] > time.monotonic():
+            factory = cached[0]
+        else:
+            factory = await run_in_threadpool(calling_factory, request, svc)
+            known[credential] = (factory, time.monotonic() + AUTH_CACHE_SECONDS)
         if factory.pool != pool:
             raise CredentialError(f"factory {factory.id} belongs to pool {factory.pool}, not {pool}")
         return factory

@@ -27,6 +27,10 @@ from gigafactory.services.submit import InvalidRequest
 log = logging.getLogger("gigafactory.factories")
 
 
+class NotTakingWork(StaleAttempt):
+    """The factory is draining, offline or retired: the delivery should go to another one."""
+
+
 def _store(svc: Services) -> FactoryStore:
     if svc.factories is None:
         raise RuntimeError("this coordinator has no factory registry")
@@ -111,7 +115,7 @@ def get(svc: Services, factory_id: str) -> dict[str, Any]:
 def attempt_token(svc: Services, factory: Factory, job_id: str, attempt: int) -> str:
     """An attempt token for a dispatch this factory received, while the attempt is unclaimed."""
     if not factory.takes_work:
-        raise StaleAttempt(f"factory {factory.id} is {factory.status}; it takes no new work")
+        raise NotTakingWork(f"factory {factory.id} is {factory.status}; it takes no new work")
     job = svc.store.get(job_id, factory.pool)
     if job is None:
         raise NotFound(f"job {job_id}: not found")

@@ -12,17 +12,21 @@ import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from gigafactory.domain import job as J
+from gigafactory.domain.job import Job
 from gigafactory.domain.states import IN_FLIGHT, Status
 from gigafactory.domain.timefmt import from_iso, to_iso
 from gigafactory.ports import Capacity, Conflict
 from gigafactory.services import factories, relay, scheduler
 from gigafactory.services.context import Services
+from gigafactory.services.mutate import update_job
 
 log = logging.getLogger("gigafactory.sweeper")
 # A reservation younger than this may belong to a release still in progress.
 RESERVATION_GRACE = timedelta(seconds=60)
-# A dispatch older than this without a launch may have lost its message.
+# A dispatch older than this without a launch or claim may have lost its message.
 REPUBLISH_AFTER = timedelta(seconds=60)
+MAX_RESENDS = 5
 
 
 @dataclass
@@ -42,8 +46,10 @@ def sweep(svc: Services) -> SweepReport:
     by_pool: dict[str, dict[str, int]] = {p: {} for p in svc.pools.names()}
     for job in active:
         by_pool.setdefault(job.pool, {})[job.id] = job.attempt
-        if job.status is Status.DISPATCHED and job.dispatched_at and now - job.dispatched_at > REPUBLISH_AFTER:
-            relay.handle_changes(svc, [job])
+        sent = job.sent_at or job.dispatched_at
+        if job.status is Status.DISPATCHED and job.factory_id is None and sent and now - sent > REPUBLISH_AFTER:
+            resent = _resend(svc, job)
+            relay.handle_changes(svc, [resent])
             report.republished.append(job.id)
         elif svc.lifecycle is not None:
             svc.lifecycle.start(job.id, relay.lifecycle_payload(job))
@@ -57,6 +63,21 @@ def sweep(svc: Services) -> SweepReport:
         log.info("sweep", extra={"republished": len(report.republished), "slots_freed": len(report.slots_freed),
                                  "slots_held": len(report.slots_held), "released": len(report.released)})
     return report
+
+
+def _resend(svc: Services, job: Job) -> Job:
+    """A dispatch still unclaimed after a minute: its message may never have reached the
+    broker, or may have been consumed with nothing to show for it. Resending under the same id
+    would be dropped by duplicate detection, so it goes out under the next one; whichever copy
+    arrives second finds the attempt claimed and is settled without effect."""
+    def change(current: Job) -> Job | None:
+        if current.status is not Status.DISPATCHED or current.attempt != job.attempt or current.factory_id:
+            return None
+        if current.resends >= MAX_RESENDS:
+            return None  # the schedule-to-start timeout takes over
+        return J.resend(current, svc.clock.now())
+
+    return update_job(svc.store, job.id, change, job.pool)
 
 
 def _reconcile(svc: Services, pool: str, live: dict[str, int], report: SweepReport) -> None:

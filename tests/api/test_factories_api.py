@@ -280,3 +280,21 @@ def test_a_leased_job_is_not_returned_to_the_queue(poll: Fleet) -> None:
     assert job is not None and job.factory_id is not None
     relay.handle_changes(poll.runtime.services, [job])
     assert poll.status(job_id) == "dispatched"
+
+
+def test_a_re_release_after_a_return_to_the_queue_is_not_swallowed_by_duplicate_detection(broker: Fleet) -> None:
+    from gigafactory.services import relay
+
+    job_id = broker.submit()
+    broker.runtime.pump()
+    broker.runtime.services.dispatch_mode = "poll"
+    job = broker.runtime.store.get(job_id)
+    assert job is not None
+    relay.handle_changes(broker.runtime.services, [job])  # back to the queue, undelivered
+    broker.runtime.services.dispatch_mode = "broker"  # and back to broker mode
+    broker.runtime.pump()
+    assert broker.status(job_id) == "dispatched"
+    delivered = broker.runtime.bus.receive("dispatch", "pool-fleet", max_messages=10)
+    assert sorted(m.message_id for m in delivered) == [f"{job_id}:1", f"{job_id}:1:r1"]
+    job = broker.runtime.store.get(job_id)
+    assert job is not None and job.attempt == 1 and job.resends == 1

@@ -238,3 +238,28 @@ def test_capacity_limits_parallel_work_and_releases_the_next(coordinator: Coordi
     statuses = [coordinator.job(i).status for i in ids]
     assert statuses.count("queued") == 1
     assert len(coordinator.capacity()) == 4
+
+
+def test_a_dispatch_consumed_without_effect_is_resent_under_a_new_id(coordinator: Coordinator) -> None:
+    from gigafactory.services import sweeper
+
+    job_id = coordinator.submit(timeouts={"schedule_to_start_seconds": 600})
+    coordinator.runtime.relay_once()  # released
+    coordinator.runtime.relay_once()  # published
+    (lost,) = coordinator.runtime.bus.receive("dispatch", "launcher")
+    coordinator.runtime.bus.complete(lost.lock_token)  # consumed, and nothing launched
+    assert lost.message_id == f"{job_id}:1"
+    coordinator.pump()
+    assert coordinator.job(job_id).status == "dispatched" and coordinator.launcher.starts == []
+
+    coordinator.clock.advance(30)
+    assert sweeper.sweep(coordinator.svc).republished == []  # too early to call it lost
+    coordinator.clock.advance(31)
+    assert sweeper.sweep(coordinator.svc).republished == [job_id]
+    coordinator.pump()
+    job = coordinator.job(job_id)
+    assert (job.status, job.attempt, job.resends) == ("launching", 1, 1)
+    assert len(coordinator.launcher.starts) == 1
+    coordinator.claim(job_id, 1)
+    coordinator.complete(job_id, 1, 0)
+    assert coordinator.job(job_id).status == "succeeded"
