@@ -408,10 +408,10 @@ def main() -> None:
     parser.add_argument("-f", "--factories", type=int, default=4, help="standing factories")
     parser.add_argument("-s", "--slots", type=int, default=2, help="slots per factory")
     parser.add_argument("-t", "--idle", type=float, default=60.0, help="idle seconds after the work")
-    parser.add_argument("--quick", action="store_true", help="N=40, F=2, S=2, T=20")
+    parser.add_argument("--quick", action="store_true", help="N=40, F=2, S=2, T=35 (one heartbeat period fits)")
     args = parser.parse_args()
     if args.quick:
-        args.n, args.factories, args.slots, args.idle = 40, 2, 2, 20.0
+        args.n, args.factories, args.slots, args.idle = 40, 2, 2, 35.0
     results: dict[str, dict[str, Any]] = {}
     stopping: list[threading.Thread] = []
     with tempfile.TemporaryDirectory(prefix="gigafactory-dispatch-bench-", ignore_cleanup_errors=True) as tmp:
