@@ -115,6 +115,25 @@ class BusMessage:
     content_type: str = "application/json"
 
 
+@dataclass(frozen=True)
+class Delivery:
+    """One peek-locked message from a subscription."""
+
+    body: dict[str, Any]
+    handle: Any  # what the source needs to settle it
+    properties: dict[str, Any] = field(default_factory=dict)
+
+
+class DispatchSource(Protocol):
+    """A subscription read with Service Bus semantics: peek-lock receive, then settle."""
+
+    def receive(self, max_messages: int, wait_seconds: float) -> builtins.list[Delivery]: ...
+
+    def complete(self, delivery: Delivery) -> None: ...
+
+    def abandon(self, delivery: Delivery) -> None: ...
+
+
 class DispatchBus(Protocol):
     def publish(self, topic: str, message: BusMessage) -> bool:
         """``False`` when the broker is known to have dropped a duplicate ``message_id``

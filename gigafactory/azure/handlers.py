@@ -9,6 +9,8 @@ import asyncio
 import dataclasses
 import json
 import logging
+import os
+from collections.abc import Callable
 from typing import Any
 
 import azure.functions as func
@@ -19,7 +21,8 @@ from gigafactory.azure.durable_client import AsyncDurableClient, DurableClientLi
 from gigafactory.azure.telemetry import job_span
 from gigafactory.domain.job import Job
 from gigafactory.logs import job_fields
-from gigafactory.services import launch, relay, submit, sweeper
+from gigafactory.ports import DispatchSource
+from gigafactory.services import launch, relay, shadow, submit, sweeper
 from gigafactory.services.context import Services
 
 log = logging.getLogger("gigafactory.azure")
@@ -103,6 +106,34 @@ def submit_from_event_grid(event: func.EventGridEvent) -> str | None:
     log.info("job request event accepted", extra=job_fields(job.id, job.attempt, event_id=event.id,
                                                             created=created))
     return job.id
+
+
+def open_pool_subscription(pool: str) -> DispatchSource:
+    """The pool's Service Bus subscription, with the app's identity (tests substitute theirs)."""
+    from gigafactory.azure.servicebus import PoolSubscription
+
+    return PoolSubscription.from_settings(pool, os.environ)
+
+
+def shadow_compare(timer: func.TimerRequest,
+                   open_subscription: Callable[[str], DispatchSource] = open_pool_subscription) -> int:
+    """Shadow mode's broker side in Azure: drain each standing pool's subscription and record
+    which pool the broker delivered each shadow copy to. Does nothing in other modes."""
+    svc = settings.services()
+    if svc.dispatch_mode != "shadow":
+        return 0
+    seen = 0
+    for pool in svc.pools.pools:
+        if pool.launch_mode != "standing":
+            continue
+        source = open_subscription(pool.name)
+        try:
+            seen += shadow.consume(svc, pool.name, source, wait_seconds=5.0)
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()
+    return seen
 
 
 async def sweep(timer: func.TimerRequest, client: AsyncDurableClient) -> sweeper.SweepReport:

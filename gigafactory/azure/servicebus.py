@@ -34,12 +34,14 @@ from azure.servicebus import (
     ServiceBusMessage,
     ServiceBusMessageBatch,
     ServiceBusReceivedMessage,
+    ServiceBusReceiveMode,
     ServiceBusSender,
 )
 from azure.servicebus.exceptions import MessageSizeExceededError
 
+from gigafactory import messages
 from gigafactory.messages import MessageTooLarge, check_size
-from gigafactory.ports import BusMessage
+from gigafactory.ports import BusMessage, Delivery
 from gigafactory.services.launch import BadDispatch
 
 if TYPE_CHECKING:
@@ -213,3 +215,57 @@ def _too_large(message: ServiceBusMessage, batch: ServiceBusMessageBatch) -> Mes
     body = message.raw_amqp_message.body
     size = len(body if isinstance(body, bytes) else b"".join(body))
     return MessageTooLarge(str(message.message_id), size, batch.max_size_in_bytes)
+
+
+class PoolSubscription:
+    """A pool's subscription (``dispatch/pool-<name>``), peek-lock, keyless: what a standing
+    factory receives from in Azure, and what shadow mode compares."""
+
+    def __init__(self, receiver: Any) -> None:
+        self._receiver = receiver
+        self._lock = threading.Lock()  # receivers are not thread-safe; attempts settle from threads
+
+    @classmethod
+    def from_settings(cls, pool: str, settings: Mapping[str, str]) -> PoolSubscription:
+        namespace = settings.get("SERVICEBUS__fullyQualifiedNamespace")
+        connection = settings.get("SERVICEBUS_CONNECTION")
+        if namespace:
+            from azure.identity import DefaultAzureCredential
+
+            client = ServiceBusClient(str(namespace), DefaultAzureCredential(
+                managed_identity_client_id=settings.get("SERVICEBUS__clientId") or settings.get("AZURE_CLIENT_ID")))
+        else:
+            client = ServiceBusClient.from_connection_string(str(connection))
+        receiver = client.get_subscription_receiver(messages.DISPATCH_TOPIC, messages.pool_subscription(pool),
+                                                    receive_mode=ServiceBusReceiveMode.PEEK_LOCK)
+        return cls(receiver)
+
+    def receive(self, max_messages: int, wait_seconds: float) -> list[Delivery]:
+        with self._lock:
+            received = self._receiver.receive_messages(max_message_count=max_messages, max_wait_time=wait_seconds)
+        out = []
+        for msg in received:
+            try:
+                body = json.loads(b"".join(msg.body))
+            except ValueError:
+                body = {}
+            properties = {_text(k): _text(v) for k, v in (msg.application_properties or {}).items()}
+            out.append(Delivery(body if isinstance(body, dict) else {}, msg, properties))
+        return out
+
+    def complete(self, delivery: Delivery) -> None:
+        with self._lock:
+            self._receiver.complete_message(delivery.handle)
+
+    def abandon(self, delivery: Delivery) -> None:
+        with self._lock:
+            self._receiver.abandon_message(delivery.handle)
+
+    def close(self) -> None:
+        with self._lock:
+            self._receiver.close()
+
+
+def _text(value: Any) -> Any:
+    """AMQP hands application properties back as bytes; the code compares strings."""
+    return value.decode() if isinstance(value, bytes) else value

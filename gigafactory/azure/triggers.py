@@ -52,6 +52,12 @@ async def sweep(timer: func.TimerRequest, client: df.DurableOrchestrationClient)
     await handlers.sweep(timer, client)
 
 
+@bp.function_name("shadow_compare")
+@bp.timer_trigger(arg_name="timer", schedule="0 * * * * *", run_on_startup=False)
+def shadow_compare(timer: func.TimerRequest) -> None:
+    handlers.shadow_compare(timer)
+
+
 bp.orchestration_trigger(context_name="context", orchestration=lifecycle.ORCHESTRATOR)(lifecycle.job_lifecycle)
 for _name, _activity in lifecycle.ACTIVITIES.items():
     bp.activity_trigger(input_name="payload", activity=_name)(_activity)

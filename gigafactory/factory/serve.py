@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 
 from gigafactory.factory import runner, sources
+from gigafactory.ports import DispatchSource
 
 log = logging.getLogger("gigafactory.factory")
 MODE_HEADER = "X-Gigafactory-Dispatch-Mode"
@@ -56,7 +57,7 @@ class StandingFactory:
         self.stop = threading.Event()
         self.idle_polls = 0
         self.heartbeat_seconds = 30
-        self.source: sources.DispatchSource = sources.ServiceBusSource.from_env(cfg.pool) or sources.GatewaySource(
+        self.source: DispatchSource = sources.service_bus_source(cfg.pool) or sources.GatewaySource(
             self.http, cfg.pool, lambda: self._auth, self._follow)
 
     # -- enrollment and heartbeat ---------------------------------------------------------------

@@ -31,7 +31,7 @@ from gigafactory.messages import MAX_MESSAGE_BYTES as MAX_MESSAGE_BYTES
 from gigafactory.messages import MessageTooLarge as MessageTooLarge
 from gigafactory.messages import check_size
 from gigafactory.messages import serialized_size as serialized_size
-from gigafactory.ports import BusMessage, Clock
+from gigafactory.ports import BusMessage, Clock, Delivery
 
 MAX_LOCK_DURATION = timedelta(minutes=5)
 """Service Bus refuses longer locks; allowing them here would hide a design that needs them."""
@@ -622,3 +622,26 @@ class LocalBus:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
+
+
+class LocalSubscription:
+    """One subscription of the embedded bus as a ``DispatchSource``."""
+
+    def __init__(self, bus: LocalBus, topic: str, subscription: str) -> None:
+        self._bus = bus
+        self._topic = topic
+        self._subscription = subscription
+
+    def receive(self, max_messages: int, wait_seconds: float) -> list[Delivery]:
+        received = self._bus.receive(self._topic, self._subscription, max_messages=max_messages)
+        if not received and wait_seconds > 0:
+            self._bus.wait_for_message(self._topic, self._subscription, timeout=wait_seconds)
+            received = self._bus.receive(self._topic, self._subscription, max_messages=max_messages)
+        return [Delivery(m.body if isinstance(m.body, dict) else {}, m.lock_token, dict(m.application_properties))
+                for m in received]
+
+    def complete(self, delivery: Delivery) -> None:
+        self._bus.complete(delivery.handle)
+
+    def abandon(self, delivery: Delivery) -> None:
+        self._bus.abandon(delivery.handle)

@@ -20,7 +20,7 @@ from gigafactory import messages
 from gigafactory.api.app import SvcDep, parse_body
 from gigafactory.api.factories import calling_factory, factory_headers
 from gigafactory.domain.factories import CredentialError, Factory
-from gigafactory.local.bus import LocalBus, LockLost
+from gigafactory.local.bus import LocalBus, LocalSubscription, LockLost
 
 MAX_WAIT_SECONDS = 30.0
 AUTH_CACHE_SECONDS = 60.0
@@ -36,13 +36,9 @@ def gateway_router(bus: LocalBus) -> APIRouter:
     router = APIRouter(prefix="/api/pools/{pool}/messages", tags=["embedded broker"])
 
     def _receive(pool: str, body: Receive) -> list[dict[str, Any]]:
-        subscription = messages.pool_subscription(pool)
-        received = bus.receive(messages.DISPATCH_TOPIC, subscription, max_messages=body.max_messages)
-        if not received and body.wait_seconds > 0:
-            bus.wait_for_message(messages.DISPATCH_TOPIC, subscription, timeout=body.wait_seconds)
-            received = bus.receive(messages.DISPATCH_TOPIC, subscription, max_messages=body.max_messages)
-        return [{"lock_token": m.lock_token, "message_id": m.message_id, "body": m.body,
-                 "delivery_count": m.delivery_count} for m in received]
+        source = LocalSubscription(bus, messages.DISPATCH_TOPIC, messages.pool_subscription(pool))
+        return [{"lock_token": d.handle, "body": d.body, "properties": d.properties}
+                for d in source.receive(body.max_messages, body.wait_seconds)]
 
     known: dict[str, tuple[Factory, float]] = {}
 

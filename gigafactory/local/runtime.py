@@ -21,7 +21,7 @@ from typing import Any
 from gigafactory import accounting, lifecycle, messages
 from gigafactory.domain.pools import PoolSet
 from gigafactory.local.blobs import FileBlobStore
-from gigafactory.local.bus import LocalBus
+from gigafactory.local.bus import LocalBus, LocalSubscription
 from gigafactory.local.clock import SystemClock
 from gigafactory.local.durable import DurableEngine
 from gigafactory.local.launcher import SubprocessLauncher
@@ -212,13 +212,8 @@ class Runtime:
         for pool in self.cfg.pools.pools:
             if pool.launch_mode != "standing":
                 continue
-            subscription = messages.pool_subscription(pool.name)
-            for msg in self.bus.receive(messages.DISPATCH_TOPIC, subscription, max_messages=32):
-                body = msg.body if isinstance(msg.body, dict) else {}
-                if msg.application_properties.get("shadow") == "true" and isinstance(body.get("job_id"), str):
-                    shadow.record(self.services, body["job_id"], int(body.get("attempt", 0)), "broker", pool.name)
-                self.bus.complete(msg.lock_token)
-                seen += 1
+            source = LocalSubscription(self.bus, messages.DISPATCH_TOPIC, messages.pool_subscription(pool.name))
+            seen += shadow.consume(self.services, pool.name, source)
         return seen
 
     def _shadow_loop(self) -> None:

@@ -8,10 +8,12 @@ Divergences carry a reason: ``pool_mismatch`` (the two paths chose different poo
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
 from gigafactory.domain.timefmt import from_iso
+from gigafactory.ports import DispatchSource
 from gigafactory.services.context import Services
 
 GRACE = timedelta(seconds=60)
@@ -20,6 +22,33 @@ GRACE = timedelta(seconds=60)
 def record(svc: Services, job_id: str, attempt: int, side: str, pool: str) -> None:
     if svc.shadow_log is not None:
         svc.shadow_log.record_shadow(job_id, attempt, side, pool, svc.clock.now())
+
+
+def record_delivery(svc: Services, pool: str, properties: Mapping[str, Any], body: Any) -> bool:
+    """What a pool subscription delivered in shadow mode: only shadow copies are the broker
+    path's answer; anything else there is a leftover of an earlier broker period, which the
+    sweeper resends under a new id if its job still needs it."""
+    if str(properties.get("shadow")) != "true" or not isinstance(body, dict):
+        return False
+    job_id, attempt = body.get("job_id"), body.get("attempt")
+    if not isinstance(job_id, str) or not isinstance(attempt, int):
+        return False
+    record(svc, job_id, attempt, "broker", pool)
+    return True
+
+
+def consume(svc: Services, pool: str, source: DispatchSource, max_messages: int = 100,
+            wait_seconds: float = 0.0) -> int:
+    """Drain what the pool's subscription holds, recording the broker path's deliveries."""
+    seen = 0
+    while True:
+        batch = source.receive(max_messages, wait_seconds)
+        if not batch:
+            return seen
+        for delivery in batch:
+            record_delivery(svc, pool, delivery.properties, delivery.body)
+            source.complete(delivery)
+        seen += len(batch)
 
 
 def report(svc: Services) -> dict[str, Any]:

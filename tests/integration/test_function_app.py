@@ -15,7 +15,7 @@ import azure.functions as func
 import pytest
 from azure.functions.timer import TimerRequest
 
-from gigafactory.azure import settings
+from gigafactory.azure import handlers, settings
 from gigafactory.domain.pools import load_pools
 from gigafactory.local.clock import FakeClock
 from gigafactory.local.runtime import Runtime, RuntimeConfig
@@ -198,3 +198,30 @@ def test_orchestrator_and_activities_are_the_engine_s(runtime: Runtime) -> None:
     assert user_function("job_lifecycle").orchestrator_function is lifecycle.job_lifecycle  # type: ignore[attr-defined]
     for name, fn in lifecycle.ACTIVITIES.items():
         assert user_function(name) is fn
+
+
+def test_shadow_compare_records_the_broker_side_in_shadow_mode(runtime: Runtime, tmp_path: Path) -> None:
+    from gigafactory.domain.pools import load_pools as load
+    from gigafactory.local.bus import LocalSubscription
+    from gigafactory.services import shadow, submit
+    from tests.fleet import fleet_manifest, fleet_pools
+
+    runtime.services.pools = load(fleet_pools(tmp_path / "pools.json"))
+    runtime.bus.create_subscription("dispatch", "pool-fleet", {"pool": "fleet"})
+
+    def local(pool: str) -> LocalSubscription:
+        return LocalSubscription(runtime.bus, "dispatch", f"pool-{pool}")
+
+    job, _ = submit.submit(runtime.services, fleet_manifest())
+    runtime.services.dispatch_mode = "broker"
+    assert handlers.shadow_compare(TimerRequest(), local) == 0  # not in shadow mode: nothing read
+    runtime.services.dispatch_mode = "shadow"
+    runtime.relay_once()  # shadow mode publishes a shadow copy for the queued standing job
+    assert handlers.shadow_compare(TimerRequest(), local) == 1
+    recorded = [(r["job_id"], r["side"], r["pool"]) for r in runtime.store.shadow_records()]
+    assert recorded == [(job.id, "broker", "fleet")]
+    assert shadow.report(runtime.services)["pending"] == 1
+
+
+def test_shadow_compare_is_registered_as_a_timer() -> None:
+    assert "shadow_compare" in FUNCTIONS

@@ -7,16 +7,18 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from gigafactory.factory.sources import ServiceBusSource
+from gigafactory.azure.servicebus import PoolSubscription
+from gigafactory.factory.sources import service_bus_source
 
 
 def test_without_service_bus_settings_the_embedded_gateway_is_used() -> None:
-    assert ServiceBusSource.from_env("fleet", {}) is None
+    assert service_bus_source("fleet", {}) is None
 
 
 @dataclass
 class Received:
     body: list[bytes]
+    application_properties: dict[bytes, bytes] | None = None
 
 
 @dataclass
@@ -42,7 +44,7 @@ def test_service_bus_deliveries_are_decoded_and_settled_individually() -> None:
     good = Received([b'{"job_id": "j-1", ', b'"attempt": 2, "pool": "fleet"}'])
     poison = Received([b"not json"])
     receiver = Receiver([good, poison])
-    source = ServiceBusSource(receiver)
+    source = PoolSubscription(receiver)
     first, second = source.receive(max_messages=5, wait_seconds=1)
     assert first.body == {"job_id": "j-1", "attempt": 2, "pool": "fleet"}
     assert second.body == {}  # a malformed body is settled without running anything
