@@ -16,6 +16,8 @@ from azure.core.credentials import TokenCredential
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient, ContainerClient
 
+from gigafactory.azure import identity
+
 ACCOUNT_URL_SETTING = "GIGAFACTORY_BLOB_ACCOUNT_URL"
 CONNECTION_SETTING = "GIGAFACTORY_BLOB_CONNECTION"
 CONTAINER_SETTING = "GIGAFACTORY_BLOB_CONTAINER"
@@ -40,14 +42,9 @@ class BlobClaimStore:
             return cls(container)
         account_url = env.get(ACCOUNT_URL_SETTING)
         if not account_url:
-            raise ValueError(
-                f"Blob storage is not configured: set {ACCOUNT_URL_SETTING} (keyless, managed identity) "
-                f"or {CONNECTION_SETTING} (Azurite only)"
-            )
+            raise identity.not_configured("Blob storage", ACCOUNT_URL_SETTING, CONNECTION_SETTING, "Azurite")
         if credential is None:
-            from azure.identity import DefaultAzureCredential
-
-            credential = DefaultAzureCredential()
+            credential = identity.credential(env)
         return cls(BlobServiceClient(account_url, credential=credential).get_container_client(container_name))
 
     def put(self, name: str, data: bytes) -> str:

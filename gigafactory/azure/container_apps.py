@@ -42,6 +42,7 @@ from azure.mgmt.appcontainers.models import (
     JobExecutionTemplate,
 )
 
+from gigafactory.azure import identity
 from gigafactory.domain.job import Job
 from gigafactory.domain.pools import Container, PoolSet
 
@@ -108,9 +109,7 @@ class ContainerAppsLauncher:
         if missing:
             raise ValueError(f"Container Apps launcher is not configured: set {', '.join(missing)}")
         if credential is None:
-            from azure.identity import DefaultAzureCredential
-
-            credential = DefaultAzureCredential(managed_identity_client_id=env.get("AZURE_CLIENT_ID") or None)
+            credential = identity.credential(env)
         client = ContainerAppsAPIClient(
             credential,
             env[SUBSCRIPTION_SETTING],

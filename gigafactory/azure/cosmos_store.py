@@ -62,6 +62,7 @@ from azure.cosmos.exceptions import (
 )
 
 from gigafactory import accounting
+from gigafactory.azure import identity
 from gigafactory.domain.factories import Factory
 from gigafactory.domain.job import Job
 from gigafactory.domain.states import Status
@@ -138,16 +139,9 @@ class CosmosJobStore:
         else:
             endpoint = env.get(ENDPOINT_SETTING)
             if not endpoint:
-                raise ValueError(
-                    f"Cosmos DB is not configured: set {ENDPOINT_SETTING} (keyless, managed identity) "
-                    f"or {CONNECTION_SETTING} (local emulators only)"
-                )
+                raise identity.not_configured("Cosmos DB", ENDPOINT_SETTING, CONNECTION_SETTING, "local emulators")
             if credential is None:
-                from azure.identity import DefaultAzureCredential
-
-                # A user-assigned identity is named the way Functions' identity-based connections
-                # name it, so one setting serves the trigger binding and this client alike.
-                credential = DefaultAzureCredential(managed_identity_client_id=env.get(CLIENT_ID_SETTING) or None)
+                credential = identity.credential(env, CLIENT_ID_SETTING)
             client = CosmosClient(endpoint, credential=credential)
             database = client.get_database_client(database_name)
         return cls(

@@ -40,6 +40,7 @@ from azure.servicebus import (
 from azure.servicebus.exceptions import MessageSizeExceededError
 
 from gigafactory import messages
+from gigafactory.azure import identity
 from gigafactory.messages import MessageTooLarge, check_size
 from gigafactory.ports import BusMessage, Delivery
 from gigafactory.services.launch import BadDispatch
@@ -114,20 +115,11 @@ class ServiceBusPublisher:
     ) -> ServiceBusPublisher:
         namespace = env.get(NAMESPACE_SETTING)
         if namespace:
-            if credential is None:
-                from azure.identity import DefaultAzureCredential
-
-                credential = DefaultAzureCredential(
-                    managed_identity_client_id=env.get(CLIENT_ID_SETTING) or env.get("AZURE_CLIENT_ID") or None
-                )
-            return cls(ServiceBusClient(namespace, credential))
+            return cls(ServiceBusClient(namespace, credential or identity.credential(env, CLIENT_ID_SETTING)))
         connection = env.get(CONNECTION_SETTING)
         if connection:
             return cls(ServiceBusClient.from_connection_string(connection))
-        raise ValueError(
-            f"Service Bus is not configured: set {NAMESPACE_SETTING} (keyless, managed identity) "
-            f"or {CONNECTION_SETTING} (the official emulator only)"
-        )
+        raise identity.not_configured("Service Bus", NAMESPACE_SETTING, CONNECTION_SETTING, "the official emulator")
 
     def _sender(self, topic: str) -> tuple[ServiceBusSender, threading.Lock]:
         with self._guard:
@@ -227,15 +219,14 @@ class PoolSubscription:
 
     @classmethod
     def from_settings(cls, pool: str, settings: Mapping[str, str]) -> PoolSubscription:
-        namespace = settings.get("SERVICEBUS__fullyQualifiedNamespace")
-        connection = settings.get("SERVICEBUS_CONNECTION")
+        namespace = settings.get(NAMESPACE_SETTING)
+        connection = settings.get(CONNECTION_SETTING)
         if namespace:
-            from azure.identity import DefaultAzureCredential
-
-            client = ServiceBusClient(str(namespace), DefaultAzureCredential(
-                managed_identity_client_id=settings.get("SERVICEBUS__clientId") or settings.get("AZURE_CLIENT_ID")))
+            client = ServiceBusClient(namespace, identity.credential(settings, CLIENT_ID_SETTING))
+        elif connection:
+            client = ServiceBusClient.from_connection_string(connection)
         else:
-            client = ServiceBusClient.from_connection_string(str(connection))
+            raise identity.not_configured("Service Bus", NAMESPACE_SETTING, CONNECTION_SETTING, "the official emulator")
         receiver = client.get_subscription_receiver(messages.DISPATCH_TOPIC, messages.pool_subscription(pool),
                                                     receive_mode=ServiceBusReceiveMode.PEEK_LOCK)
         return cls(receiver)
