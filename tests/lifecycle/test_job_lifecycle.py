@@ -263,3 +263,46 @@ def test_a_dispatch_consumed_without_effect_is_resent_under_a_new_id(coordinator
     coordinator.claim(job_id, 1)
     coordinator.complete(job_id, 1, 0)
     assert coordinator.job(job_id).status == "succeeded"
+
+
+@pytest.fixture
+def classified(tmp_path: object) -> Coordinator:
+    import json
+    from datetime import UTC, datetime
+    from pathlib import Path
+
+    from gigafactory.domain.pools import DEFAULT_POOLS_FILE, load_pools
+    from gigafactory.local.clock import FakeClock
+    from gigafactory.local.runtime import Runtime, RuntimeConfig
+    from tests.lifecycle.conftest import RecordingLauncher
+
+    base = Path(str(tmp_path))
+    pools = json.loads(DEFAULT_POOLS_FILE.read_text())
+    pools["pools"][0]["profiles"]["shell"]["retryable_exit_codes"] = [75]
+    (base / "pools.json").write_text(json.dumps(pools))
+    clock = FakeClock(datetime(2026, 1, 5, 9, 0, tzinfo=UTC))
+    launcher = RecordingLauncher()
+    runtime = Runtime(RuntimeConfig(data_dir=base / "data", pools=load_pools(base / "pools.json")), clock=clock,
+                      launcher=launcher)
+    return Coordinator(runtime, clock, launcher)
+
+
+def test_a_profile_s_non_retryable_exit_fails_at_once(classified: Coordinator) -> None:
+    job_id = classified.submit(agent={"profile": "shell", "args": {"script": "exit 2"}},
+                               retry={"max_attempts": 3, "backoff_seconds": 0}, **FAST)
+    classified.pump()
+    classified.claim(job_id, 1)
+    classified.complete(job_id, 1, 2)
+    job = classified.job(job_id)
+    assert (job.status, job.attempt) == ("failed", 1)
+    assert job.dead_letter is not None and "not retryable" in job.dead_letter["reason"]
+
+
+def test_a_profile_s_retryable_exit_is_retried(classified: Coordinator) -> None:
+    job_id = classified.submit(agent={"profile": "shell", "args": {"script": "exit 75"}},
+                               retry={"max_attempts": 3, "backoff_seconds": 0}, **FAST)
+    classified.pump()
+    classified.claim(job_id, 1)
+    classified.complete(job_id, 1, 75)
+    job = classified.job(job_id)
+    assert (job.status, job.attempt) == ("launching", 2)
