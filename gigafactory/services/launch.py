@@ -19,7 +19,7 @@ from gigafactory.domain.states import Status
 from gigafactory.logs import job_fields
 from gigafactory.ports import Conflict
 from gigafactory.services.context import Services
-from gigafactory.services.mutate import update_job
+from gigafactory.services.mutate import MAX_TRIES, update_job
 
 log = logging.getLogger("gigafactory.launch")
 
@@ -51,22 +51,27 @@ def factory_env(svc: Services, job: Job, execution_hint: str = "") -> dict[str, 
 def handle_dispatch(svc: Services, body: Any) -> str:
     """Returns what happened; raises when the broker should redeliver."""
     job_id, attempt, pool = parse_dispatch(body)
-    job = svc.store.get(job_id, pool)
-    if job is None:
-        raise BadDispatch(f"job {job_id}: not found")
     fields = job_fields(job_id, attempt, pool=pool)
-    if job.attempt != attempt or job.cancel_requested:
-        log.info("dispatch stale; settled", extra=fields)
-        return "stale"
-    if job.status is Status.DISPATCHED:
-        try:
-            job = svc.store.replace(J.mark_launching(job, attempt, "", svc.clock.now()))
-        except Conflict:
-            log.info("dispatch raced; settled", extra=fields)
-            return "raced"
-    elif not (job.status is Status.LAUNCHING and not job.execution):
-        log.info("dispatch already handled; settled", extra=fields)
-        return "duplicate"
+    for _ in range(MAX_TRIES):
+        job = svc.store.get(job_id, pool)
+        if job is None:
+            raise BadDispatch(f"job {job_id}: not found")
+        if job.attempt != attempt or job.cancel_requested:
+            log.info("dispatch stale; settled", extra=fields)
+            return "stale"
+        if job.status is Status.DISPATCHED:
+            try:
+                job = svc.store.replace(J.mark_launching(job, attempt, "", svc.clock.now()))
+            except Conflict:
+                continue  # changed under us: decide again on what it is now
+        elif not (job.status is Status.LAUNCHING and not job.execution):
+            log.info("dispatch already handled; settled", extra=fields)
+            return "duplicate"
+        return _launch(svc, job, attempt, fields)
+    raise Conflict(f"job {job_id}: still contended after {MAX_TRIES} tries")
+
+
+def _launch(svc: Services, job: Job, attempt: int, fields: dict[str, Any]) -> str:
     if svc.launcher is None:
         raise RuntimeError("no launcher configured for on-demand pools")
     execution = svc.launcher.start(job, factory_env(svc, job))
@@ -76,6 +81,6 @@ def handle_dispatch(svc: Services, body: Any) -> str:
             return None
         return J.record_execution(current, attempt, execution)
 
-    update_job(svc.store, job_id, record, pool)
+    update_job(svc.store, job.id, record, job.pool)
     log.info("factory launched", extra={**fields, "execution": execution})
     return "launched"

@@ -12,8 +12,10 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
+from gigafactory.domain.states import Status
 from gigafactory.domain.timefmt import from_iso
 from gigafactory.ports import DispatchSource
+from gigafactory.services import relay
 from gigafactory.services.context import Services
 
 GRACE = timedelta(seconds=60)
@@ -46,9 +48,21 @@ def consume(svc: Services, pool: str, source: DispatchSource, max_messages: int 
         if not batch:
             return seen
         for delivery in batch:
-            record_delivery(svc, pool, delivery.properties, delivery.body)
+            if not record_delivery(svc, pool, delivery.properties, delivery.body):
+                _leftover(svc, pool, delivery.body)
             source.complete(delivery)
         seen += len(batch)
+
+
+def _leftover(svc: Services, pool: str, body: Any) -> None:
+    """A real dispatch from an earlier broker period, consumed here: its job goes back to the
+    queue now (the relay does that in shadow mode) rather than waiting for the sweeper."""
+    job_id = body.get("job_id") if isinstance(body, dict) else None
+    if not isinstance(job_id, str):
+        return
+    job = svc.store.get(job_id, pool)
+    if job is not None and job.status is Status.DISPATCHED:
+        relay.handle_changes(svc, [job])
 
 
 def report(svc: Services) -> dict[str, Any]:

@@ -298,3 +298,14 @@ def test_a_re_release_after_a_return_to_the_queue_is_not_swallowed_by_duplicate_
     assert sorted(m.message_id for m in delivered) == [f"{job_id}:1", f"{job_id}:1:r1"]
     job = broker.runtime.store.get(job_id)
     assert job is not None and job.attempt == 1 and job.resends == 1
+
+
+def test_shadow_mode_returns_a_leftover_broker_release_to_the_queue_at_once(broker: Fleet) -> None:
+    job_id = broker.submit()
+    broker.runtime.pump()
+    assert broker.status(job_id) == "dispatched"  # released and published in broker mode
+    broker.runtime.services.dispatch_mode = "shadow"  # the deployment moves to shadow mode
+    assert broker.runtime.shadow_once() == 1  # the shadow consumer meets the real message ...
+    job = broker.runtime.store.get(job_id)
+    assert job is not None and (job.status, job.attempt) == ("queued", 1)  # ... and the job can be leased
+    assert broker.runtime.store.shadow_records() == []  # a real dispatch is not a shadow delivery
