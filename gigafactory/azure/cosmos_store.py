@@ -179,18 +179,7 @@ class CosmosJobStore:
 
     def replace(self, job: Job) -> Job:
         self._count("write")
-        if job.etag is None:
-            raise Conflict(f"job {job.id}: no ETag was read, so there is nothing to be current against")
-        try:
-            body = self._jobs.replace_item(
-                job.id, job.to_doc(), etag=job.etag, match_condition=MatchConditions.IfNotModified
-            )
-        except CosmosAccessConditionFailedError as exc:
-            raise Conflict(f"job {job.id}: the ETag {job.etag} is no longer current") from exc
-        except CosmosResourceNotFoundError as exc:
-            # Gone, or moved to another pool (the partition key cannot change in place).
-            raise Conflict(f"job {job.id}: not found in pool {job.pool}") from exc
-        return Job.from_doc(body)
+        return Job.from_doc(_replace_if_current(self._jobs, f"job {job.id}", job.id, job.to_doc(), job.etag, job.pool))
 
     def list(
         self,
@@ -309,18 +298,8 @@ class CosmosJobStore:
     def replace_factory(self, factory: Factory) -> Factory:
         container = self._factories_container()
         self._count("write")
-        if factory.etag is None:
-            raise Conflict(f"factory {factory.id}: no ETag was read, so there is nothing to be current against")
-        try:
-            body = container.replace_item(
-                factory.id, factory.to_doc(), etag=factory.etag, match_condition=MatchConditions.IfNotModified
-            )
-        except CosmosAccessConditionFailedError as exc:
-            raise Conflict(f"factory {factory.id}: the ETag {factory.etag} is no longer current") from exc
-        except CosmosResourceNotFoundError as exc:
-            # Gone, or written with a pool it was not enrolled in (the partition key cannot change).
-            raise Conflict(f"factory {factory.id}: not found in pool {factory.pool}") from exc
-        return Factory.from_doc(body)
+        return Factory.from_doc(_replace_if_current(container, f"factory {factory.id}", factory.id, factory.to_doc(),
+                                                    factory.etag, factory.pool))
 
     def list_factories(self, pool: str | None = None) -> builtins.list[Factory]:
         container = self._factories_container()
@@ -396,6 +375,22 @@ class CosmosJobStore:
         if partition_key is None:
             return list(container.query_items(sql, parameters=parameters, enable_cross_partition_query=True))
         return list(container.query_items(sql, parameters=parameters, partition_key=partition_key))
+
+
+def _replace_if_current(container: ContainerProxy, what: str, item_id: str, doc: dict[str, Any],
+                        etag: str | None, pool: str) -> dict[str, Any]:
+    """Replace under an ETag precondition; every way of not being current is a ``Conflict``."""
+    if etag is None:
+        raise Conflict(f"{what}: no ETag was read, so there is nothing to be current against")
+    try:
+        body: dict[str, Any] = container.replace_item(item_id, doc, etag=etag,
+                                                      match_condition=MatchConditions.IfNotModified)
+    except CosmosAccessConditionFailedError as exc:
+        raise Conflict(f"{what}: the ETag {etag} is no longer current") from exc
+    except CosmosResourceNotFoundError as exc:
+        # Gone, or written with another pool (the partition key cannot change in place).
+        raise Conflict(f"{what}: not found in pool {pool}") from exc
+    return body
 
 
 def provision(client: CosmosClient, database_name: str = DEFAULT_DATABASE) -> DatabaseProxy:

@@ -42,12 +42,12 @@ from gigafactory.azure.container_apps import (
 from gigafactory.domain import job as J
 from gigafactory.domain import tokens
 from gigafactory.domain.manifest import Manifest
-from gigafactory.domain.pools import parse_pools
 from gigafactory.domain.states import Status
 from gigafactory.local.clock import FakeClock
 from gigafactory.local.store import SqliteJobStore
 from gigafactory.services.context import Services
 from gigafactory.services.launch import factory_env, handle_dispatch
+from tests.integration.gpu_fleet import gpu_fleet_pools
 
 SUBSCRIPTION = "3f2c9a1e-7b4d-4e8a-9c11-0d5e6f7a8b9c"
 RESOURCE_GROUP = "rg-gigafactory-test"
@@ -55,35 +55,7 @@ TOKEN = "static-arm-token"
 SECRET = b"test-signing-secret"
 NOW = dt.datetime(2026, 3, 2, 9, 30, tzinfo=dt.UTC)
 
-POOLS = parse_pools(
-    json.dumps(
-        {
-            "pools": [
-                {
-                    "name": "gpu",
-                    "capabilities": ["linux", "gpu"],
-                    "launch_mode": "on-demand",
-                    "max_parallel": 2,
-                    "profiles": {"echo": {"argv": ["echo", "{task}"]}},
-                    "container": {
-                        "job_name": "factory-gpu",
-                        "image": "example.azurecr.io/factory:1.2.3",
-                        "cpu": 1.5,
-                        "memory": "3Gi",
-                        "replica_timeout_seconds": 3600,
-                    },
-                },
-                {
-                    "name": "fleet",
-                    "capabilities": ["linux"],
-                    "launch_mode": "standing",
-                    "max_parallel": 8,
-                    "profiles": {"echo": {"argv": ["echo", "{task}"]}},
-                },
-            ]
-        }
-    )
-)
+POOLS = gpu_fleet_pools(cpu=1.5, memory="3Gi")
 
 JOB_PATH = f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}/providers/Microsoft.App/jobs"
 

@@ -30,44 +30,17 @@ from gigafactory.azure.servicebus import (
 )
 from gigafactory.domain import job as J
 from gigafactory.domain.manifest import Manifest
-from gigafactory.domain.pools import Pool, parse_pools
+from gigafactory.domain.pools import Pool
 from gigafactory.local.bus import MessageTooLarge as LocalMessageTooLarge
 from gigafactory.messages import MAX_MESSAGE_BYTES, MessageTooLarge, serialized_size
 from gigafactory.ports import BusMessage
 from gigafactory.services.launch import BadDispatch, parse_dispatch
+from tests.integration.gpu_fleet import gpu_fleet_pools
 
 NOW = datetime(2026, 3, 2, 9, 30, 15, 123456, tzinfo=UTC)
 TASK = "Refactor the billing module and open a pull request with the result."
 
-POOLS = parse_pools(
-    json.dumps(
-        {
-            "pools": [
-                {
-                    "name": "gpu",
-                    "capabilities": ["linux", "gpu"],
-                    "launch_mode": "on-demand",
-                    "max_parallel": 2,
-                    "profiles": {"echo": {"argv": ["echo", "{task}"]}},
-                    "container": {
-                        "job_name": "factory-gpu",
-                        "image": "example.azurecr.io/factory:1.2.3",
-                        "cpu": 2,
-                        "memory": "4Gi",
-                        "replica_timeout_seconds": 3600,
-                    },
-                },
-                {
-                    "name": "fleet",
-                    "capabilities": ["linux"],
-                    "launch_mode": "standing",
-                    "max_parallel": 8,
-                    "profiles": {"echo": {"argv": ["echo", "{task}"]}},
-                },
-            ]
-        }
-    )
-)
+POOLS = gpu_fleet_pools(cpu=2, memory="4Gi")
 
 
 def _manifest(**overrides: Any) -> Manifest:
